@@ -1,0 +1,24 @@
+// The process's one thread pool. oneDNN in Debian 12 runs on OpenMP, so our own kernels use
+// the same OpenMP pool: one set of threads, one thread-count setting for everything.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace ethereal {
+
+// Cores this process may use: the CPU affinity mask, further limited by the cgroup v2
+// `cpu.max` quota when one is set. At least 1.
+int usable_core_count();
+
+// Sets the number of threads for our kernels and oneDNN; n <= 0 restores usable_core_count().
+void set_thread_count(int n);
+int thread_count();
+
+// Splits [begin, end) into chunks of at least `grain` items and runs `fn(chunk_begin,
+// chunk_end)` on the pool. Runs inline when the range is one chunk, when called from inside a
+// parallel region, or when only one thread is configured.
+void parallel_for(std::int64_t begin, std::int64_t end, std::int64_t grain,
+                  const std::function<void(std::int64_t, std::int64_t)>& fn);
+
+}  // namespace ethereal
