@@ -40,9 +40,10 @@ ModelDirectory ModelDirectory::open(const fs::path& root) {
         throw InvalidInputError(index.string() + ": expected a JSON object");
       }
     } catch (const nlohmann::json::parse_error& parse_error) {
-      throw InvalidInputError(fmt::format("{}: invalid JSON at byte {}; restore the file from the "
-                                          "model's original download",
-                                          index.string(), parse_error.byte));
+      throw InvalidInputError(
+          fmt::format("{}: invalid JSON at byte {}; restore the file from the "
+                      "model's original download",
+                      index.string(), parse_error.byte));
     }
   }
   ModelDirectory directory;
@@ -86,9 +87,8 @@ std::optional<fs::path> ModelDirectory::config_path(ModelComponent component) co
 
 SafetensorsCheckpoint ModelDirectory::open_weights(ModelComponent component) const {
   const fs::path directory = folder(component);
-  const std::string base = component == ModelComponent::text_encoder
-                               ? "model"
-                               : "diffusion_pytorch_model";
+  const std::string base =
+      component == ModelComponent::text_encoder ? "model" : "diffusion_pytorch_model";
   for (const fs::path& candidate :
        {directory / (base + ".safetensors.index.json"), directory / (base + ".safetensors")}) {
     if (fs::exists(candidate)) {

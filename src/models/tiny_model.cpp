@@ -69,8 +69,8 @@ Tensor seeded_tensor(const TensorSpec& spec, std::mt19937_64& generator) {
   const bool is_norm = spec.name.find("norm") != std::string::npos ||
                        spec.name.ends_with(".gamma") || spec.name.find("ln_q") != std::string::npos;
   std::vector<float> values(static_cast<std::size_t>(shape_numel(spec.shape)));
-  if (is_norm && !spec.name.ends_with(".bias") && spec.name.find("norm_out.linear") ==
-                                                      std::string::npos) {
+  if (is_norm && !spec.name.ends_with(".bias") &&
+      spec.name.find("norm_out.linear") == std::string::npos) {
     std::fill(values.begin(), values.end(), 1.0f);
   } else {
     std::int64_t fan_in = 1;
@@ -130,10 +130,12 @@ nlohmann::json vae_config() {
           {"temperal_downsample", {false, true, true}},
           {"dropout", 0.0},
           {"input_channels", 3},
-          {"latents_mean", {-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                            0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921}},
-          {"latents_std", {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687,
-                           2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160}}};
+          {"latents_mean",
+           {-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
+            0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921}},
+          {"latents_std",
+           {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
+            1.5579, 1.6382, 1.1253, 2.8251, 1.9160}}};
 }
 
 nlohmann::json text_encoder_config(std::int64_t vocab_size, std::int32_t image_pad,
@@ -378,8 +380,9 @@ std::vector<TensorSpec> text_encoder_tensor_specs(const nlohmann::json& config) 
 
 void write_tiny_model(const fs::path& directory, std::uint64_t seed) {
   if (fs::exists(directory)) {
-    throw InvalidInputError(directory.string() + " already exists; the tiny model is written "
-                                                 "only into a new folder");
+    throw InvalidInputError(directory.string() +
+                            " already exists; the tiny model is written "
+                            "only into a new folder");
   }
   const fs::path staging = directory.parent_path() /
                            (directory.filename().string() + ".tmp." + std::to_string(::getpid()));
@@ -396,8 +399,7 @@ void write_tiny_model(const fs::path& directory, std::uint64_t seed) {
     const std::int64_t vocab_size = (vocabulary.added_tokens.back().id + 1 + 63) / 64 * 64;
     const nlohmann::json text_config = text_encoder_config(
         vocab_size, added_token_id(vocabulary, "<|image_pad|>"),
-        added_token_id(vocabulary, "<|video_pad|>"),
-        added_token_id(vocabulary, "<|vision_start|>"),
+        added_token_id(vocabulary, "<|video_pad|>"), added_token_id(vocabulary, "<|vision_start|>"),
         added_token_id(vocabulary, "<|vision_end|>"));
     const nlohmann::json dit_config = transformer_config(text_config.at("hidden_size"));
     const nlohmann::json autoencoder_config = vae_config();

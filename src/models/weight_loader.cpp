@@ -57,15 +57,15 @@ Tensor WeightLoader::take(const std::string& name, const Shape& expected, DType 
   }
   const TensorInfo& stored = checkpoint_.info(it->second);
   if (stored.shape != expected) {
-    throw InvalidInputError(fmt::format(
-        "{}: tensor \"{}\" has shape {} but the {} configuration expects {}",
-        checkpoint_.file_of(it->second).path().string(), it->second, shape_str(stored.shape),
-        component_, shape_str(expected)));
+    throw InvalidInputError(
+        fmt::format("{}: tensor \"{}\" has shape {} but the {} configuration expects {}",
+                    checkpoint_.file_of(it->second).path().string(), it->second,
+                    shape_str(stored.shape), component_, shape_str(expected)));
   }
   if (!stored.dtype || !dtype_is_float(*stored.dtype)) {
     throw InvalidInputError(fmt::format("{}: tensor \"{}\" has dtype {}; a float dtype is expected",
-                                        checkpoint_.file_of(it->second).path().string(),
-                                        it->second, stored.stored_dtype));
+                                        checkpoint_.file_of(it->second).path().string(), it->second,
+                                        stored.stored_dtype));
   }
   taken_.insert(name);
   Tensor result = Tensor::empty(expected, dtype);
@@ -90,10 +90,10 @@ cpu::PackedLinear WeightLoader::linear(const std::string& prefix, std::int64_t o
   const TensorInfo& stored = checkpoint_.info(it->second);
   const Shape expected = {out_features, in_features};
   if (stored.shape != expected) {
-    throw InvalidInputError(fmt::format(
-        "{}: tensor \"{}\" has shape {} but the {} configuration expects {}",
-        checkpoint_.file_of(it->second).path().string(), it->second, shape_str(stored.shape),
-        component_, shape_str(expected)));
+    throw InvalidInputError(
+        fmt::format("{}: tensor \"{}\" has shape {} but the {} configuration expects {}",
+                    checkpoint_.file_of(it->second).path().string(), it->second,
+                    shape_str(stored.shape), component_, shape_str(expected)));
   }
   taken_.insert(prefix + ".weight");
   Tensor bias_tensor;

@@ -42,7 +42,8 @@ ImageSize smart_resize(int height, int width, int factor, std::int64_t min_pixel
         "accept; crop it first",
         width, height));
   }
-  double h_bar = static_cast<double>(round_half_even(static_cast<double>(height) / factor) * factor);
+  double h_bar =
+      static_cast<double>(round_half_even(static_cast<double>(height) / factor) * factor);
   double w_bar = static_cast<double>(round_half_even(static_cast<double>(width) / factor) * factor);
   const double pixels = static_cast<double>(height) * width;
   if (h_bar * w_bar > static_cast<double>(max_pixels)) {

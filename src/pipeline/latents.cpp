@@ -35,8 +35,7 @@ Tensor gaussian_noise(const Shape& shape, std::uint64_t seed) {
 
 Tensor pack_latents(const Tensor& latents) {
   if (latents.dim() != 4 || latents.size(2) % 2 != 0 || latents.size(3) % 2 != 0) {
-    throw Error("pack_latents: expected [B, C, H, W] with even H and W, got " +
-                latents.describe());
+    throw Error("pack_latents: expected [B, C, H, W] with even H and W, got " + latents.describe());
   }
   const std::int64_t b = latents.size(0), c = latents.size(1);
   const std::int64_t h = latents.size(2), w = latents.size(3);
@@ -52,9 +51,8 @@ Tensor unpack_latents(const Tensor& tokens, std::int64_t height, std::int64_t wi
                             height, width));
   }
   const std::int64_t b = tokens.size(0), c = tokens.size(2) / 4;
-  Tensor view = tokens.contiguous()
-                    .view({b, height / 2, width / 2, c, 2, 2})
-                    .permute({0, 3, 1, 4, 2, 5});
+  Tensor view =
+      tokens.contiguous().view({b, height / 2, width / 2, c, 2, 2}).permute({0, 3, 1, 4, 2, 5});
   return view.contiguous().view({b, c, height, width});
 }
 

@@ -39,8 +39,9 @@ EncodedPrompt encode_edit_prompt(const BpeTokenizer& tokenizer, std::string_view
       tokenizer.encode(edit_prompt_text(user_prompt, image_token_counts.size()));
   const std::vector<std::int32_t> prefix = tokenizer.encode(template_prefix());
   if (prefix.size() > ids.size() || !std::equal(prefix.begin(), prefix.end(), ids.begin())) {
-    throw Error("the tokenizer splits the prompt template differently with the instruction "
-                "appended, so the system prompt cannot be dropped cleanly");
+    throw Error(
+        "the tokenizer splits the prompt template differently with the instruction "
+        "appended, so the system prompt cannot be dropped cleanly");
   }
 
   EncodedPrompt encoded;

@@ -56,9 +56,9 @@ FlowMatchSchedulerConfig FlowMatchSchedulerConfig::from_json(const nlohmann::jso
   const std::string shift_type =
       read_key<std::string>(document, "time_shift_type", "exponential", source);
   if (shift_type != "exponential" && shift_type != "linear") {
-    throw InvalidInputError(fmt::format(
-        "{}: time_shift_type \"{}\" is not supported; expected exponential or linear", source,
-        shift_type));
+    throw InvalidInputError(
+        fmt::format("{}: time_shift_type \"{}\" is not supported; expected exponential or linear",
+                    source, shift_type));
   }
   config.exponential_time_shift = shift_type == "exponential";
   if (document.contains("shift_terminal") && !document["shift_terminal"].is_null()) {
@@ -74,8 +74,7 @@ FlowMatchSchedulerConfig FlowMatchSchedulerConfig::from_json(const nlohmann::jso
     throw InvalidInputError(fmt::format(
         "{}: num_train_timesteps must be positive and max_image_seq_len above "
         "base_image_seq_len (got {}, {} and {})",
-        source, config.num_train_timesteps, config.max_image_seq_len,
-        config.base_image_seq_len));
+        source, config.num_train_timesteps, config.max_image_seq_len, config.base_image_seq_len));
   }
   if (config.shift_terminal && (*config.shift_terminal <= 0.0 || *config.shift_terminal >= 1.0)) {
     throw InvalidInputError(fmt::format("{}: shift_terminal must be in (0, 1), got {}", source,

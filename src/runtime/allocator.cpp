@@ -23,7 +23,9 @@ std::size_t round_up(std::size_t value, std::size_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
 
-std::int64_t as_signed(std::size_t value) { return static_cast<std::int64_t>(value); }
+std::int64_t as_signed(std::size_t value) {
+  return static_cast<std::int64_t>(value);
+}
 
 }  // namespace
 
@@ -121,8 +123,8 @@ Allocation CpuCachingAllocator::reserve_new(std::size_t rounded, std::size_t req
   Allocation allocation{nullptr, rounded, requested};
   if (rounded > 0 && !options_.dry_run) {
     if (rounded >= kLargeThreshold) {
-      void* address = mmap(nullptr, rounded, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      void* address =
+          mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (address == MAP_FAILED) {
         throw_oom(requested, "the system refused the memory mapping (mmap failed)",
                   "Free host memory or choose a strategy with a smaller plan (ethereal plan "
@@ -165,9 +167,8 @@ void CpuCachingAllocator::throw_oom(std::size_t requested, const std::string& re
   if (options_.capacity == kUnlimitedCapacity) {
     figures.free_bytes = system_free;
   } else {
-    const std::size_t headroom = options_.capacity > figures.reserved_bytes
-                                     ? options_.capacity - figures.reserved_bytes
-                                     : 0;
+    const std::size_t headroom =
+        options_.capacity > figures.reserved_bytes ? options_.capacity - figures.reserved_bytes : 0;
     figures.free_bytes = options_.dry_run ? headroom : std::min(headroom, system_free);
   }
   throw OutOfMemoryError(figures, reason, remedy);
@@ -233,10 +234,8 @@ std::mutex registry_mutex;
 Allocator* cpu_override = nullptr;
 
 CpuCachingAllocator& default_cpu_allocator() {
-  static CpuCachingAllocator allocator(
-      CpuCachingAllocator::Options{.dry_run = false,
-                                   .capacity = kUnlimitedCapacity,
-                                   .read_environment = true});
+  static CpuCachingAllocator allocator(CpuCachingAllocator::Options{
+      .dry_run = false, .capacity = kUnlimitedCapacity, .read_environment = true});
   return allocator;
 }
 
@@ -251,7 +250,9 @@ Allocator& current_allocator(Device device) {
   return cpu_override != nullptr ? *cpu_override : default_cpu_allocator();
 }
 
-bool dry_run_active() { return current_allocator(Device::cpu()).dry_run(); }
+bool dry_run_active() {
+  return current_allocator(Device::cpu()).dry_run();
+}
 
 ScopedAllocator::ScopedAllocator(Allocator& allocator)
     : device_(allocator.device()), previous_(nullptr) {

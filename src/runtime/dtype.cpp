@@ -18,8 +18,8 @@ struct SmallFloat {
   int exponent_bits;
   int mantissa_bits;
   int bias;
-  bool has_infinity;     // IEEE style: all-ones exponent means infinity or NaN
-  std::uint32_t nan;     // pattern written for NaN (without the sign)
+  bool has_infinity;         // IEEE style: all-ones exponent means infinity or NaN
+  std::uint32_t nan;         // pattern written for NaN (without the sign)
   std::uint32_t max_finite;  // largest finite pattern (without the sign)
 };
 
@@ -91,8 +91,8 @@ std::uint32_t encode_small_float(float value, const SmallFloat& format) {
 float decode_small_float(std::uint32_t bits, const SmallFloat& format) {
   const int total = format.exponent_bits + format.mantissa_bits;
   const bool negative = (bits >> total) & 1u;
-  const std::uint32_t exponent_field = (bits >> format.mantissa_bits) &
-                                       ((1u << format.exponent_bits) - 1);
+  const std::uint32_t exponent_field =
+      (bits >> format.mantissa_bits) & ((1u << format.exponent_bits) - 1);
   const std::uint32_t mantissa = bits & ((1u << format.mantissa_bits) - 1);
   const std::uint32_t all_ones = (1u << format.exponent_bits) - 1;
   float magnitude;
@@ -102,12 +102,10 @@ float decode_small_float(std::uint32_t bits, const SmallFloat& format) {
   } else if (!format.has_infinity && (bits & ((1u << total) - 1)) == format.nan) {
     magnitude = std::numeric_limits<float>::quiet_NaN();
   } else if (exponent_field == 0) {
-    magnitude = std::ldexp(static_cast<float>(mantissa),
-                           1 - format.bias - format.mantissa_bits);
+    magnitude = std::ldexp(static_cast<float>(mantissa), 1 - format.bias - format.mantissa_bits);
   } else {
     magnitude = std::ldexp(static_cast<float>(mantissa | (1u << format.mantissa_bits)),
-                           static_cast<int>(exponent_field) - format.bias -
-                               format.mantissa_bits);
+                           static_cast<int>(exponent_field) - format.bias - format.mantissa_bits);
   }
   return negative ? -magnitude : magnitude;
 }
@@ -232,9 +230,14 @@ std::size_t dtype_bytes(DType dtype, std::size_t count) {
 
 int dtype_bits(DType dtype) {
   switch (dtype) {
-    case DType::f32: case DType::int32: return 32;
-    case DType::bf16: case DType::f16: return 16;
-    case DType::fp8_e4m3: case DType::fp8_e5m2: case DType::int8: case DType::uint8: return 8;
+    case DType::f32:
+    case DType::int32: return 32;
+    case DType::bf16:
+    case DType::f16: return 16;
+    case DType::fp8_e4m3:
+    case DType::fp8_e5m2:
+    case DType::int8:
+    case DType::uint8: return 8;
     case DType::int64: return 64;
     case DType::packed4: return 4;
   }
@@ -243,11 +246,12 @@ int dtype_bits(DType dtype) {
 
 bool dtype_is_float(DType dtype) {
   switch (dtype) {
-    case DType::f32: case DType::bf16: case DType::f16: case DType::fp8_e4m3:
-    case DType::fp8_e5m2:
-      return true;
-    default:
-      return false;
+    case DType::f32:
+    case DType::bf16:
+    case DType::f16:
+    case DType::fp8_e4m3:
+    case DType::fp8_e5m2: return true;
+    default: return false;
   }
 }
 
@@ -296,19 +300,25 @@ std::uint16_t f32_to_f16(float value) {
   return static_cast<std::uint16_t>(encode_small_float(value, kF16));
 }
 
-float f16_to_f32(std::uint16_t bits) { return decode_small_float(bits, kF16); }
+float f16_to_f32(std::uint16_t bits) {
+  return decode_small_float(bits, kF16);
+}
 
 std::uint8_t f32_to_fp8_e4m3(float value) {
   return static_cast<std::uint8_t>(encode_small_float(value, kE4M3));
 }
 
-float fp8_e4m3_to_f32(std::uint8_t bits) { return e4m3_table()[bits]; }
+float fp8_e4m3_to_f32(std::uint8_t bits) {
+  return e4m3_table()[bits];
+}
 
 std::uint8_t f32_to_fp8_e5m2(float value) {
   return static_cast<std::uint8_t>(encode_small_float(value, kE5M2));
 }
 
-float fp8_e5m2_to_f32(std::uint8_t bits) { return e5m2_table()[bits]; }
+float fp8_e5m2_to_f32(std::uint8_t bits) {
+  return e5m2_table()[bits];
+}
 
 void convert_elements(const void* source, DType source_dtype, void* destination,
                       DType destination_dtype, std::size_t count) {

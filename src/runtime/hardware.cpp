@@ -24,7 +24,9 @@ CpuidRegisters cpuid(unsigned leaf, unsigned subleaf) {
   return r;
 }
 
-bool bit(unsigned value, int index) { return ((value >> index) & 1u) != 0; }
+bool bit(unsigned value, int index) {
+  return ((value >> index) & 1u) != 0;
+}
 
 std::uint64_t read_xcr0() {
   unsigned eax = 0, edx = 0;
@@ -38,9 +40,9 @@ CpuFeatures read_features() {
   const CpuidRegisters leaf1 = cpuid(1, 0);
   const bool osxsave = bit(leaf1.ecx, 27);
   const std::uint64_t xcr0 = osxsave ? read_xcr0() : 0;
-  const bool os_avx = (xcr0 & 0x6) == 0x6;            // XMM and YMM state
+  const bool os_avx = (xcr0 & 0x6) == 0x6;                 // XMM and YMM state
   const bool os_avx512 = os_avx && (xcr0 & 0xE0) == 0xE0;  // opmask, ZMM_Hi256, Hi16_ZMM
-  const bool os_amx = (xcr0 & 0x60000) == 0x60000;     // XTILECFG and XTILEDATA
+  const bool os_amx = (xcr0 & 0x60000) == 0x60000;         // XTILECFG and XTILEDATA
 
   f.fma = os_avx && bit(leaf1.ecx, 12);
   f.f16c = os_avx && bit(leaf1.ecx, 29);
@@ -121,10 +123,10 @@ std::vector<GpuInfo> read_gpu_info(std::string& status) {
   nvml.device_count = reinterpret_cast<int (*)(unsigned*)>(dlsym(library, "nvmlDeviceGetCount_v2"));
   nvml.device_handle = reinterpret_cast<int (*)(unsigned, NvmlDevice*)>(
       dlsym(library, "nvmlDeviceGetHandleByIndex_v2"));
-  nvml.device_name = reinterpret_cast<int (*)(NvmlDevice, char*, unsigned)>(
-      dlsym(library, "nvmlDeviceGetName"));
-  nvml.device_memory = reinterpret_cast<int (*)(NvmlDevice, NvmlMemory*)>(
-      dlsym(library, "nvmlDeviceGetMemoryInfo"));
+  nvml.device_name =
+      reinterpret_cast<int (*)(NvmlDevice, char*, unsigned)>(dlsym(library, "nvmlDeviceGetName"));
+  nvml.device_memory =
+      reinterpret_cast<int (*)(NvmlDevice, NvmlMemory*)>(dlsym(library, "nvmlDeviceGetMemoryInfo"));
   nvml.compute_capability = reinterpret_cast<int (*)(NvmlDevice, int*, int*)>(
       dlsym(library, "nvmlDeviceGetCudaComputeCapability"));
   if (!nvml.init || !nvml.shutdown || !nvml.device_count || !nvml.device_handle ||
@@ -156,8 +158,7 @@ std::vector<GpuInfo> read_gpu_info(std::string& status) {
         gpu.total_bytes = memory.total;
         gpu.free_bytes = memory.free;
       }
-      nvml.compute_capability(device, &gpu.compute_capability_major,
-                              &gpu.compute_capability_minor);
+      nvml.compute_capability(device, &gpu.compute_capability_major, &gpu.compute_capability_minor);
       gpus.push_back(gpu);
     }
   }

@@ -52,8 +52,8 @@ struct HardwareInfo {
   HostMemory host;
   std::optional<CgroupMemory> cgroup;
   ProcessMemory process;
-  std::vector<GpuInfo> gpus;   // empty when no NVIDIA driver is present
-  std::string gpu_status;      // why the list is empty, or "ok"
+  std::vector<GpuInfo> gpus;  // empty when no NVIDIA driver is present
+  std::string gpu_status;     // why the list is empty, or "ok"
 };
 
 CpuInfo read_cpu_info();

@@ -46,20 +46,19 @@ nlohmann::json to_json(const GpuInfo& gpu) {
           {"name", gpu.name},
           {"total_bytes", gpu.total_bytes},
           {"free_bytes", gpu.free_bytes},
-          {"compute_capability",
-           std::to_string(gpu.compute_capability_major) + "." +
-               std::to_string(gpu.compute_capability_minor)},
+          {"compute_capability", std::to_string(gpu.compute_capability_major) + "." +
+                                     std::to_string(gpu.compute_capability_minor)},
           {"native_fp8", gpu.native_fp8()}};
 }
 
 nlohmann::json to_json(const HardwareInfo& hardware) {
   nlohmann::json cgroup = nullptr;
   if (hardware.cgroup) {
-    cgroup = {{"version", hardware.cgroup->version},
-              {"limit_bytes", hardware.cgroup->limit_bytes
-                                  ? nlohmann::json(*hardware.cgroup->limit_bytes)
-                                  : nlohmann::json(nullptr)},
-              {"usage_bytes", hardware.cgroup->usage_bytes}};
+    cgroup = {
+        {"version", hardware.cgroup->version},
+        {"limit_bytes", hardware.cgroup->limit_bytes ? nlohmann::json(*hardware.cgroup->limit_bytes)
+                                                     : nlohmann::json(nullptr)},
+        {"usage_bytes", hardware.cgroup->usage_bytes}};
   }
   nlohmann::json gpus = nlohmann::json::array();
   for (const GpuInfo& gpu : hardware.gpus) {

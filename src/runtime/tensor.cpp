@@ -19,7 +19,9 @@ std::int64_t shape_numel(const Shape& shape) {
   return count;
 }
 
-std::string shape_str(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_str(const Shape& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 Shape contiguous_strides(const Shape& shape) {
   Shape strides(shape.size());
@@ -113,8 +115,7 @@ Tensor Tensor::from_floats(std::span<const float> values, const Shape& shape, DT
 std::int64_t Tensor::normalize_axis(std::int64_t axis, std::int64_t rank) const {
   const std::int64_t normalized = axis < 0 ? axis + rank : axis;
   if (normalized < 0 || normalized >= rank) {
-    throw InvalidInputError(fmt::format("axis {} is out of range for tensor {}", axis,
-                                        describe()));
+    throw InvalidInputError(fmt::format("axis {} is out of range for tensor {}", axis, describe()));
   }
   return normalized;
 }
@@ -148,7 +149,8 @@ void* Tensor::data() const {
   if (dtype_ == DType::packed4 && offset_ % 2 != 0) {
     throw Error("Tensor::data: a packed4 view must start on a whole byte");
   }
-  return static_cast<char*>(storage_->data()) + dtype_bytes(dtype_, static_cast<std::size_t>(offset_));
+  return static_cast<char*>(storage_->data()) +
+         dtype_bytes(dtype_, static_cast<std::size_t>(offset_));
 }
 
 std::string Tensor::describe() const {
@@ -179,8 +181,8 @@ Tensor Tensor::view(const Shape& shape) const {
   }
   if (inferred >= 0) {
     if (known == 0 || numel() % known != 0) {
-      throw InvalidInputError(fmt::format("Tensor::view: cannot infer -1 in {} for {}",
-                                          shape_str(shape), describe()));
+      throw InvalidInputError(
+          fmt::format("Tensor::view: cannot infer -1 in {} for {}", shape_str(shape), describe()));
     }
     resolved[inferred] = numel() / known;
   }
@@ -205,8 +207,10 @@ Tensor Tensor::slice(std::int64_t axis, std::int64_t start, std::int64_t end,
   if (step <= 0) {
     throw InvalidInputError(fmt::format("Tensor::slice: step must be positive, got {}", step));
   }
-  if (start < 0) start += extent;
-  if (end < 0) end += extent;
+  if (start < 0)
+    start += extent;
+  if (end < 0)
+    end += extent;
   start = std::clamp<std::int64_t>(start, 0, extent);
   end = std::clamp<std::int64_t>(end, start, extent);
   Tensor result = *this;
@@ -219,18 +223,19 @@ Tensor Tensor::slice(std::int64_t axis, std::int64_t start, std::int64_t end,
 Tensor Tensor::narrow(std::int64_t axis, std::int64_t start, std::int64_t length) const {
   const std::int64_t a = normalize_axis(axis, dim());
   if (start < 0 || length < 0 || start + length > shape_[a]) {
-    throw InvalidInputError(fmt::format("Tensor::narrow: [{}, {}) is outside axis {} of {}",
-                                        start, start + length, axis, describe()));
+    throw InvalidInputError(fmt::format("Tensor::narrow: [{}, {}) is outside axis {} of {}", start,
+                                        start + length, axis, describe()));
   }
   return slice(a, start, start + length);
 }
 
 Tensor Tensor::select(std::int64_t axis, std::int64_t index) const {
   const std::int64_t a = normalize_axis(axis, dim());
-  if (index < 0) index += shape_[a];
+  if (index < 0)
+    index += shape_[a];
   if (index < 0 || index >= shape_[a]) {
-    throw InvalidInputError(fmt::format("Tensor::select: index {} is outside axis {} of {}",
-                                        index, axis, describe()));
+    throw InvalidInputError(
+        fmt::format("Tensor::select: index {} is outside axis {} of {}", index, axis, describe()));
   }
   Tensor result = *this;
   result.offset_ += index * strides_[a];
@@ -241,8 +246,8 @@ Tensor Tensor::select(std::int64_t axis, std::int64_t index) const {
 
 Tensor Tensor::permute(const std::vector<std::int64_t>& order) const {
   if (static_cast<std::int64_t>(order.size()) != dim()) {
-    throw InvalidInputError(fmt::format("Tensor::permute: {} axes given for {}", order.size(),
-                                        describe()));
+    throw InvalidInputError(
+        fmt::format("Tensor::permute: {} axes given for {}", order.size(), describe()));
   }
   std::vector<bool> seen(order.size(), false);
   Tensor result = *this;
@@ -268,8 +273,7 @@ Tensor Tensor::transpose(std::int64_t axis0, std::int64_t axis1) const {
 Tensor Tensor::unsqueeze(std::int64_t axis) const {
   const std::int64_t a = normalize_axis(axis, dim() + 1);
   Tensor result = *this;
-  const std::int64_t stride =
-      a < dim() ? strides_[a] * shape_[a] : 1;
+  const std::int64_t stride = a < dim() ? strides_[a] * shape_[a] : 1;
   result.shape_.insert(result.shape_.begin() + a, 1);
   result.strides_.insert(result.strides_.begin() + a, stride);
   return result;
@@ -278,8 +282,8 @@ Tensor Tensor::unsqueeze(std::int64_t axis) const {
 Tensor Tensor::squeeze(std::int64_t axis) const {
   const std::int64_t a = normalize_axis(axis, dim());
   if (shape_[a] != 1) {
-    throw InvalidInputError(fmt::format("Tensor::squeeze: axis {} of {} has extent {}, not 1",
-                                        axis, describe(), shape_[a]));
+    throw InvalidInputError(fmt::format("Tensor::squeeze: axis {} of {} has extent {}, not 1", axis,
+                                        describe(), shape_[a]));
   }
   return select(a, 0);
 }

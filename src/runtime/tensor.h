@@ -98,7 +98,7 @@ class Tensor {
   }
 
   // Views (share storage). Negative axes count from the end.
-  Tensor view(const Shape& shape) const;  // contiguous only; one -1 is inferred
+  Tensor view(const Shape& shape) const;     // contiguous only; one -1 is inferred
   Tensor reshape(const Shape& shape) const;  // a view when possible, else a copy
   Tensor slice(std::int64_t axis, std::int64_t start, std::int64_t end,
                std::int64_t step = 1) const;

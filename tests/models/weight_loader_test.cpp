@@ -74,15 +74,15 @@ TEST_F(WeightLoaderTest, ReportsWrongShapeWithFileAndTensor) {
   const fs::path path = write({{"layer.weight", values({3, 2}, 0.0f)}});
   SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(path);
   WeightLoader loader(checkpoint, identity_tensor_name, "transformer");
-  const std::string message =
-      message_of([&] { loader.take("layer.weight", {2, 3}, DType::f32); });
+  const std::string message = message_of([&] { loader.take("layer.weight", {2, 3}, DType::f32); });
   EXPECT_NE(message.find("weights.safetensors"), std::string::npos) << message;
   EXPECT_NE(message.find("\"layer.weight\" has shape [3, 2]"), std::string::npos) << message;
   EXPECT_NE(message.find("expects [2, 3]"), std::string::npos) << message;
 }
 
 TEST_F(WeightLoaderTest, ReportsMissingAndUnexpectedTensors) {
-  const fs::path path = write({{"a.weight", values({2}, 0.0f)}, {"b.weight", values({2}, 0.0f)},
+  const fs::path path = write({{"a.weight", values({2}, 0.0f)},
+                               {"b.weight", values({2}, 0.0f)},
                                {"lm_head.weight", values({2}, 0.0f)}});
   SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(path);
   WeightLoader loader(checkpoint, identity_tensor_name, "text encoder");
@@ -98,8 +98,8 @@ TEST_F(WeightLoaderTest, ReportsMissingAndUnexpectedTensors) {
 }
 
 TEST_F(WeightLoaderTest, MapsFileNamesAndRejectsCollisions) {
-  const fs::path path = write({{"model.diffusion_model.x.weight", values({2}, 0.0f)},
-                               {"marker", values({1}, 0.0f)}});
+  const fs::path path =
+      write({{"model.diffusion_model.x.weight", values({2}, 0.0f)}, {"marker", values({1}, 0.0f)}});
   SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(path);
   auto strip_prefix = [](std::string_view name) -> std::optional<std::string> {
     constexpr std::string_view kPrefix = "model.diffusion_model.";
@@ -116,8 +116,8 @@ TEST_F(WeightLoaderTest, MapsFileNamesAndRejectsCollisions) {
   loader.take("x.weight", {2}, DType::bf16);
   EXPECT_NO_THROW(loader.finish());
 
-  const fs::path clash = write({{"model.diffusion_model.y", values({1}, 0.0f)},
-                                {"y", values({1}, 0.0f)}});
+  const fs::path clash =
+      write({{"model.diffusion_model.y", values({1}, 0.0f)}, {"y", values({1}, 0.0f)}});
   SafetensorsCheckpoint clashing = SafetensorsCheckpoint::open(clash);
   const std::string message =
       message_of([&] { WeightLoader(clashing, strip_prefix, "transformer"); });

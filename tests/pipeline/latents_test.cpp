@@ -45,7 +45,8 @@ TEST(PackLatents, OrdersChannelsAsPatchOffsets) {
   std::vector<float> values;
   for (int c = 0; c < 2; ++c)
     for (int y = 0; y < 2; ++y)
-      for (int x = 0; x < 4; ++x) values.push_back(100.0f * c + 10.0f * y + x);
+      for (int x = 0; x < 4; ++x)
+        values.push_back(100.0f * c + 10.0f * y + x);
   Tensor latents = Tensor::from_floats(values, {1, 2, 2, 4});
   Tensor packed = pack_latents(latents);
   ASSERT_EQ(packed.shape(), (Shape{1, 2, 8}));
@@ -64,8 +65,8 @@ TEST(PackLatents, RejectsOddSizes) {
 TEST(GuidedVelocity, RescalesToConditionalNorm) {
   const std::vector<float> cond = {3.0f, 4.0f, 1.0f, 0.0f};
   const std::vector<float> uncond = {1.0f, 0.0f, 0.0f, 1.0f};
-  Tensor result = guided_velocity(Tensor::from_floats(cond, {2, 2}),
-                                  Tensor::from_floats(uncond, {2, 2}), 4.0f);
+  Tensor result =
+      guided_velocity(Tensor::from_floats(cond, {2, 2}), Tensor::from_floats(uncond, {2, 2}), 4.0f);
   const std::vector<float> out = result.to_floats();
   // Token 0: combined (9, 16), |cond| = 5, |combined| = sqrt(337).
   const float ratio0 = 5.0f / std::sqrt(337.0f);

@@ -43,8 +43,8 @@ TEST(FlowMatchScheduler, LightningScheduleIsConstantShiftThree) {
     EXPECT_NEAR(scheduler.sigmas()[i], expected4[i], 1e-12);
   }
   scheduler.set_timesteps(8, 256);  // independent of the sequence length
-  const std::vector<double> expected8 = {1.0, 0.954545, 0.9, 0.833333, 0.75,
-                                         0.642857, 0.5, 0.3, 0.0};
+  const std::vector<double> expected8 = {1.0,      0.954545, 0.9, 0.833333, 0.75,
+                                         0.642857, 0.5,      0.3, 0.0};
   for (std::size_t i = 0; i < expected8.size(); ++i) {
     EXPECT_NEAR(scheduler.sigmas()[i], expected8[i], 1e-6);
   }

@@ -13,7 +13,9 @@
 namespace ethereal {
 namespace {
 
-float from_bits(std::uint32_t bits) { return std::bit_cast<float>(bits); }
+float from_bits(std::uint32_t bits) {
+  return std::bit_cast<float>(bits);
+}
 
 TEST(Bf16Conversion, RoundsToNearestEven) {
   // 1 + 2^-8 is exactly halfway between bf16 1.0 and 1.0078125: ties go to the even 1.0.
@@ -76,9 +78,9 @@ TEST(Fp8E4m3Conversion, SaturatesWithoutInfinity) {
 TEST(Fp8E4m3Conversion, RoundsToNearestEven) {
   EXPECT_EQ(f32_to_fp8_e4m3(1.0f), 0x38);
   EXPECT_EQ(fp8_e4m3_to_f32(0x39), 1.125f);
-  EXPECT_EQ(f32_to_fp8_e4m3(1.0625f), 0x38);   // tie between 1.0 (even) and 1.125
-  EXPECT_EQ(f32_to_fp8_e4m3(1.1875f), 0x3A);   // tie between 1.125 and 1.25 (even)
-  EXPECT_EQ(fp8_e4m3_to_f32(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(f32_to_fp8_e4m3(1.0625f), 0x38);                // tie between 1.0 (even) and 1.125
+  EXPECT_EQ(f32_to_fp8_e4m3(1.1875f), 0x3A);                // tie between 1.125 and 1.25 (even)
+  EXPECT_EQ(fp8_e4m3_to_f32(0x01), std::ldexp(1.0f, -9));   // smallest subnormal
   EXPECT_EQ(f32_to_fp8_e4m3(std::ldexp(1.0f, -10)), 0x00);  // tie with zero
   EXPECT_EQ(f32_to_fp8_e4m3(std::ldexp(1.5f, -10)), 0x01);
 }

@@ -99,8 +99,7 @@ TEST(Tensor, ConvertsDtypeOnCopy) {
 TEST(Tensor, CopyIntoStridedDestination) {
   Tensor destination = Tensor::zeros({3, 4}, DType::f32);
   destination.narrow(1, 1, 2).copy_from(iota_tensor({3, 2}));
-  EXPECT_EQ(destination.to_floats(),
-            (std::vector<float>{0, 0, 1, 0, 0, 2, 3, 0, 0, 4, 5, 0}));
+  EXPECT_EQ(destination.to_floats(), (std::vector<float>{0, 0, 1, 0, 0, 2, 3, 0, 0, 4, 5, 0}));
 }
 
 TEST(Tensor, FromBlobKeepsOwnerAlive) {
