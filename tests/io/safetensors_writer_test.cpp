@@ -1,0 +1,221 @@
+// write_safetensors and write_sharded_safetensors: streaming entries, validation of entries,
+// and failures that must leave neither a temporary file nor a changed target.
+
+#include "io/safetensors_writer.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "io/safetensors_checkpoint.h"
+#include "runtime/error.h"
+#include "safetensors_test_util.h"
+
+namespace ethereal {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using testing_util::list_directory;
+using testing_util::read_file;
+using testing_util::TemporaryDirectory;
+using testing_util::write_file;
+
+template <typename Action>
+std::string invalid_input_message(Action&& action) {
+  try {
+    action();
+  } catch (const InvalidInputError& error) {
+    return error.what();
+  }
+  ADD_FAILURE() << "expected an InvalidInputError";
+  return "";
+}
+
+// An entry whose bytes are produced in chunks of `chunk` bytes: byte i has value i % 251.
+SafetensorsEntry streamed_u8(std::string name, std::int64_t count, std::size_t chunk) {
+  SafetensorsEntry entry;
+  entry.name = std::move(name);
+  entry.dtype = DType::uint8;
+  entry.shape = {count};
+  entry.write_data = [count, chunk](TensorDataSink& sink) {
+    std::vector<std::byte> buffer;
+    for (std::int64_t i = 0; i < count; ++i) {
+      buffer.push_back(static_cast<std::byte>(i % 251));
+      if (buffer.size() == chunk || i + 1 == count) {
+        sink.write(buffer);
+        buffer.clear();
+      }
+    }
+  };
+  return entry;
+}
+
+// An entry of `bytes` bytes (uint8) whose writer produces `produced` bytes.
+SafetensorsEntry sized_u8(std::string name, std::int64_t bytes, std::size_t produced) {
+  SafetensorsEntry entry;
+  entry.name = std::move(name);
+  entry.dtype = DType::uint8;
+  entry.shape = {bytes};
+  entry.write_data = [produced](TensorDataSink& sink) {
+    const std::vector<std::byte> data(produced, std::byte{7});
+    sink.write(data);
+  };
+  return entry;
+}
+
+SafetensorsEntry throwing_entry(std::string name) {
+  SafetensorsEntry entry;
+  entry.name = std::move(name);
+  entry.dtype = DType::f32;
+  entry.shape = {2};
+  entry.write_data = [](TensorDataSink& sink) {
+    const std::vector<std::byte> half(4, std::byte{1});
+    sink.write(half);
+    throw std::runtime_error("producer failed");
+  };
+  return entry;
+}
+
+TEST(SafetensorsWriter, StreamsEntriesInChunks) {
+  TemporaryDirectory directory;
+  const auto path = directory / "streamed.safetensors";
+  // More than the writer's 4 MiB buffer, in odd chunk sizes.
+  const std::int64_t count = (5 << 20) + 3;
+  write_safetensors(path, {streamed_u8("big", count, 1'000'003), streamed_u8("small", 17, 5)});
+
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  const Tensor big = file.tensor("big");
+  ASSERT_EQ(big.numel(), count);
+  const auto* bytes = big.data_as<const std::uint8_t>();
+  bool all_match = true;
+  for (std::int64_t i = 0; i < count; ++i) {
+    all_match = all_match && bytes[i] == i % 251;
+  }
+  EXPECT_TRUE(all_match);
+  EXPECT_EQ(file.tensor("small").to_floats().back(), 16.0f);
+}
+
+TEST(SafetensorsWriter, RejectsWrongByteCounts) {
+  TemporaryDirectory directory;
+  const auto path = directory / "counts.safetensors";
+  EXPECT_THAT(invalid_input_message([&] { write_safetensors(path, {sized_u8("short", 8, 5)}); }),
+              HasSubstr("tensor \"short\": the data writer produced 5 bytes but shape [8] with "
+                        "dtype uint8 needs 8 bytes"));
+  EXPECT_THAT(invalid_input_message([&] { write_safetensors(path, {sized_u8("long", 8, 9)}); }),
+              HasSubstr("tensor \"long\": the data writer produced more than the 8 bytes of "
+                        "shape [8]"));
+  EXPECT_TRUE(list_directory(directory.path()).empty());
+}
+
+TEST(SafetensorsWriter, RejectsInvalidEntries) {
+  TemporaryDirectory directory;
+  const auto path = directory / "invalid.safetensors";
+  EXPECT_THAT(invalid_input_message([&] {
+                write_safetensors(path, {sized_u8("w", 1, 1), sized_u8("w", 1, 1)});
+              }),
+              HasSubstr(path.string() + ": tensor \"w\": name given twice"));
+  EXPECT_THAT(invalid_input_message([&] { write_safetensors(path, {sized_u8("", 1, 1)}); }),
+              HasSubstr("invalid tensor name"));
+  EXPECT_THAT(
+      invalid_input_message([&] { write_safetensors(path, {sized_u8("__metadata__", 1, 1)}); }),
+      HasSubstr("invalid tensor name"));
+
+  SafetensorsEntry negative = sized_u8("negative", 1, 1);
+  negative.shape = {2, -1};
+  EXPECT_THAT(invalid_input_message([&] { write_safetensors(path, {negative}); }),
+              HasSubstr("tensor \"negative\": shape [2, -1] has a negative dimension"));
+
+  EXPECT_THAT(invalid_input_message([&] {
+                write_safetensors(path, {{"packed", Tensor::zeros({4}, DType::packed4)}});
+              }),
+              HasSubstr("dtype packed4 cannot be stored in safetensors"));
+  EXPECT_THAT(invalid_input_message([&] { safetensors_entry("undefined", Tensor()); }),
+              HasSubstr("tensor \"undefined\" cannot be written"));
+  EXPECT_TRUE(list_directory(directory.path()).empty());
+}
+
+TEST(SafetensorsWriter, FailureKeepsExistingTarget) {
+  TemporaryDirectory directory;
+  const auto path = directory / "model.safetensors";
+  write_safetensors(path, {{"old", Tensor::zeros({3}, DType::f32)}});
+  const std::string before = read_file(path);
+
+  EXPECT_THROW(write_safetensors(path, {sized_u8("a", 4, 4), throwing_entry("b")}),
+               std::runtime_error);
+  EXPECT_EQ(read_file(path), before);
+  EXPECT_THAT(list_directory(directory.path()), ElementsAre("model.safetensors"));
+
+  invalid_input_message([&] {
+    write_safetensors(path, {sized_u8("x", 1, 1), sized_u8("x", 1, 1)});
+  });
+  EXPECT_EQ(read_file(path), before);
+  EXPECT_THAT(list_directory(directory.path()), ElementsAre("model.safetensors"));
+}
+
+TEST(SafetensorsWriter, ReplacesExistingTarget) {
+  TemporaryDirectory directory;
+  const auto path = directory / "model.safetensors";
+  write_file(path, "previous contents");
+  write_safetensors(path, {sized_u8("w", 3, 3)});
+  EXPECT_THAT(SafetensorsFile::open(path).names(), ElementsAre("w"));
+  EXPECT_THAT(list_directory(directory.path()), ElementsAre("model.safetensors"));
+}
+
+TEST(SafetensorsWriter, RejectsUnusableDirectory) {
+  TemporaryDirectory directory;
+  const auto missing = directory / "missing" / "model.safetensors";
+  const std::string message =
+      invalid_input_message([&] { write_safetensors(missing, {sized_u8("w", 1, 1)}); });
+  EXPECT_THAT(message, HasSubstr("cannot create " + missing.string() + ".tmp."));
+  EXPECT_THAT(message, HasSubstr("No such file or directory"));
+
+  // A regular file where the directory should be.
+  write_file(directory / "plain", "x");
+  const auto under_file = directory / "plain" / "model.safetensors";
+  EXPECT_THAT(invalid_input_message([&] { write_safetensors(under_file, {sized_u8("w", 1, 1)}); }),
+              HasSubstr("Not a directory"));
+  EXPECT_THAT(list_directory(directory.path()), ElementsAre("plain"));
+}
+
+TEST(SafetensorsWriter, ShardsBySize) {
+  TemporaryDirectory directory;
+  // Limits of 100 bytes: 64 | 64 | 200 (alone, over the limit) | 8 + 0.
+  const std::vector<SafetensorsEntry> entries = {sized_u8("a", 64, 64), sized_u8("b", 64, 64),
+                                                 sized_u8("c", 200, 200), sized_u8("d", 8, 8),
+                                                 sized_u8("e", 0, 0)};
+  write_sharded_safetensors(directory.path(), "model", entries, 100);
+  EXPECT_THAT(list_directory(directory.path()),
+              ElementsAre("model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
+                          "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
+                          "model.safetensors.index.json"));
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(directory.path());
+  EXPECT_THAT(checkpoint.files()[3].names(), ElementsAre("d", "e"));
+  EXPECT_EQ(checkpoint.info("c").nbytes(), 200u);
+  EXPECT_EQ(checkpoint.metadata().at("total_size"), "336");
+}
+
+TEST(SafetensorsWriter, ShardedFailureWritesNothing) {
+  TemporaryDirectory directory;
+  write_file(directory / "keep.txt", "unrelated");
+  const std::vector<SafetensorsEntry> entries = {sized_u8("a", 64, 64), sized_u8("b", 64, 64),
+                                                 throwing_entry("c")};
+  EXPECT_THROW(write_sharded_safetensors(directory.path(), "model", entries, 64),
+               std::runtime_error);
+  EXPECT_THAT(list_directory(directory.path()), ElementsAre("keep.txt"));
+
+  EXPECT_THAT(invalid_input_message(
+                  [&] { write_sharded_safetensors(directory.path(), "model", entries, 0); }),
+              HasSubstr("maximum shard size is 0 bytes"));
+  EXPECT_THAT(invalid_input_message(
+                  [&] { write_sharded_safetensors(directory.path(), "sub/model", entries, 64); }),
+              HasSubstr("invalid shard base name \"sub/model\""));
+  EXPECT_THAT(list_directory(directory.path()), ElementsAre("keep.txt"));
+}
+
+}  // namespace
+}  // namespace ethereal
