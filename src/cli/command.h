@@ -23,5 +23,7 @@ struct Command {
 };
 
 Command add_profile_command(CLI::App& parent, const GlobalOptions& global);
+Command add_edit_command(CLI::App& parent, const GlobalOptions& global);
+Command add_run_component_command(CLI::App& parent, const GlobalOptions& global);
 
 }  // namespace ethereal::cli

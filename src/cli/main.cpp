@@ -3,9 +3,9 @@
 #include <new>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "cli/command.h"
 #include "runtime/error.h"
@@ -42,7 +42,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
 
   std::vector<ethereal::cli::Command> commands;
+  commands.push_back(ethereal::cli::add_edit_command(app, global));
   commands.push_back(ethereal::cli::add_profile_command(app, global));
+  commands.push_back(ethereal::cli::add_run_component_command(app, global));
 
   try {
     app.parse(argc, argv);

@@ -26,7 +26,9 @@ std::string gib(std::uint64_t bytes) {
   return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / kGiB);
 }
 
-std::string yes_no(bool value) { return value ? "yes" : "no"; }
+std::string yes_no(bool value) {
+  return value ? "yes" : "no";
+}
 
 void print_text(const HardwareInfo& hw, const AllocatorStats& stats) {
   const CpuFeatures& f = hw.cpu.features;
@@ -84,8 +86,8 @@ void print_text(const HardwareInfo& hw, const AllocatorStats& stats) {
 
 Command add_profile_command(CLI::App& parent, const GlobalOptions& global) {
   auto options = std::make_shared<ProfileOptions>();
-  CLI::App* app = parent.add_subcommand(
-      "profile", "Print the hardware assessment and a memory snapshot");
+  CLI::App* app =
+      parent.add_subcommand("profile", "Print the hardware assessment and a memory snapshot");
   app->add_flag("--json", options->json,
                 "Print one JSON document on standard output (sizes in bytes)");
   Command command;

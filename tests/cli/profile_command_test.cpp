@@ -35,8 +35,8 @@ TEST(ProfileCommand, JsonIsOneDocumentWithByteSizes) {
 TEST(ProfileCommand, TextReportNamesSections) {
   const CommandResult result = run_ethereal({"profile"});
   ASSERT_EQ(result.exit_status, 0) << result.standard_error;
-  for (const char* section : {"CPU", "AVX512_BF16", "Host memory", "Process",
-                              "Device allocator", "GPU"}) {
+  for (const char* section :
+       {"CPU", "AVX512_BF16", "Host memory", "Process", "Device allocator", "GPU"}) {
     EXPECT_NE(result.standard_output.find(section), std::string::npos) << section;
   }
 }

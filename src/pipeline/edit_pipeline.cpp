@@ -1,0 +1,378 @@
+#include "pipeline/edit_pipeline.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "io/resample.h"
+#include "io/safetensors_checkpoint.h"
+#include "kernels/cpu/concat.h"
+#include "models/qwen2_5_vl/config.h"
+#include "models/qwen2_5_vl/image_processor.h"
+#include "models/qwen2_5_vl/language_model.h"
+#include "models/qwen2_5_vl/positions.h"
+#include "models/qwen2_5_vl/tensor_names.h"
+#include "models/qwen2_5_vl/vision_tower.h"
+#include "models/qwen_image/transformer.h"
+#include "models/qwen_image/transformer_tensor_names.h"
+#include "models/qwen_image/vae.h"
+#include "models/tokenizer/bpe_tokenizer.h"
+#include "models/weight_loader.h"
+#include "pipeline/latents.h"
+#include "pipeline/prompt.h"
+#include "pipeline/scheduler.h"
+#include "runtime/error.h"
+
+namespace ethereal {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Pixel areas of the two copies of every input image.
+constexpr double kVisionArea = 384.0 * 384.0;
+constexpr double kVaeArea = 1024.0 * 1024.0;
+// VAE spatial factor (8) times transformer patch size (2).
+constexpr int kSizeMultiple = 16;
+constexpr int kLatentChannels = 16;
+
+// One input image prepared for both encoders.
+struct PreparedImage {
+  ProcessedImage vision;  // processor patch rows and grid
+  Tensor vae_input;       // [1, 3, H, W] in [-1, 1]
+  ImageSize vae_size;
+};
+
+// RGB 8-bit -> [1, 3, H, W] f32 in [-1, 1] (x / 255 * 2 - 1).
+Tensor image_to_tensor(const Image& rgb) {
+  Tensor tensor = Tensor::empty({1, 3, rgb.height(), rgb.width()}, DType::f32);
+  if (tensor.is_dry()) {
+    return tensor;
+  }
+  float* out = tensor.data_as<float>();
+  const std::int64_t plane = static_cast<std::int64_t>(rgb.width()) * rgb.height();
+  for (int y = 0; y < rgb.height(); ++y) {
+    for (int x = 0; x < rgb.width(); ++x) {
+      for (int c = 0; c < 3; ++c) {
+        out[c * plane + static_cast<std::int64_t>(y) * rgb.width() + x] =
+            static_cast<float>(rgb.at(x, y, c)) / 255.0f * 2.0f - 1.0f;
+      }
+    }
+  }
+  return tensor;
+}
+
+// [1, 3, H, W] in [-1, 1] -> RGB 8-bit: (x / 2 + 0.5) clamped to [0, 1], times 255, rounded
+// half to even as numpy's round does.
+Image tensor_to_image(const Tensor& decoded) {
+  const int height = static_cast<int>(decoded.size(2));
+  const int width = static_cast<int>(decoded.size(3));
+  Image image(width, height, 3);
+  if (decoded.is_dry()) {
+    return image;
+  }
+  const std::vector<float> values = decoded.to_floats();
+  const std::size_t plane = static_cast<std::size_t>(width) * height;
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        const float v = values[c * plane + static_cast<std::size_t>(y) * width + x];
+        const float unit = std::clamp(v / 2.0f + 0.5f, 0.0f, 1.0f);
+        image.at(x, y, c) = static_cast<std::uint8_t>(std::nearbyint(unit * 255.0f));
+      }
+    }
+  }
+  return image;
+}
+
+}  // namespace
+
+struct EditPipeline::Components {
+  ModelPrecision precision;
+  std::unique_ptr<BpeTokenizer> tokenizer;
+  Qwen2VlImageProcessorConfig processor;
+  Qwen25VlConfig text_config;
+  std::unique_ptr<Qwen25VlVisionTower> vision;
+  std::unique_ptr<Qwen25VlLanguageModel> language_model;
+  std::unique_ptr<QwenImageTransformer> transformer;
+  std::unique_ptr<QwenImageVae> vae;
+  FlowMatchSchedulerConfig scheduler;
+
+  PreparedImage prepare(const Image& input) const;
+  Tensor vision_embeddings(const std::vector<PreparedImage>& images) const;
+  // Text-encoder hidden states [S_txt, hidden] without the system-prompt tokens.
+  Tensor encode_prompt(const std::string& prompt, const std::vector<PreparedImage>& images,
+                       const Tensor& vision_embeddings, const Qwen25VlOptions& options) const;
+  Tensor read_initial_noise(const std::filesystem::path& path, const Shape& shape) const;
+};
+
+EditPipeline::EditPipeline(std::unique_ptr<Components> components)
+    : components_(std::move(components)) {}
+EditPipeline::EditPipeline(EditPipeline&&) noexcept = default;
+EditPipeline& EditPipeline::operator=(EditPipeline&&) noexcept = default;
+EditPipeline::~EditPipeline() = default;
+
+EditPipeline EditPipeline::load(const ModelDirectory& model, ModelPrecision precision) {
+  auto c = std::make_unique<Components>();
+  c->precision = precision;
+  c->tokenizer = std::make_unique<BpeTokenizer>(
+      BpeTokenizer::from_directory(model.folder(ModelComponent::tokenizer)));
+  if (auto path = model.config_path(ModelComponent::processor)) {
+    c->processor = Qwen2VlImageProcessorConfig::from_file(*path);
+  }
+  c->scheduler = FlowMatchSchedulerConfig::from_file(*model.config_path(ModelComponent::scheduler));
+
+  c->text_config = Qwen25VlConfig::from_file(*model.config_path(ModelComponent::text_encoder));
+  {
+    const SafetensorsCheckpoint checkpoint = model.open_weights(ModelComponent::text_encoder);
+    WeightLoader loader(checkpoint, qwen25vl_tensor_name_map(detect_qwen25vl_layout(checkpoint)),
+                        "text encoder");
+    c->vision = std::make_unique<Qwen25VlVisionTower>(
+        Qwen25VlVisionTower::load(loader, c->text_config.vision, precision));
+    c->language_model = std::make_unique<Qwen25VlLanguageModel>(
+        Qwen25VlLanguageModel::load(loader, c->text_config, precision));
+    loader.finish();
+  }
+
+  {
+    const SafetensorsCheckpoint checkpoint = model.open_weights(ModelComponent::transformer);
+    QwenImageTransformerConfig config =
+        QwenImageTransformerConfig::from_file(*model.config_path(ModelComponent::transformer));
+    config.zero_cond_t = config.zero_cond_t || checkpoint_sets_zero_cond_t(checkpoint);
+    c->transformer = std::make_unique<QwenImageTransformer>(
+        QwenImageTransformer::load(checkpoint, config, precision, comfy_transformer_tensor_name));
+  }
+  c->vae = std::make_unique<QwenImageVae>(
+      QwenImageVae::load_directory(model.folder(ModelComponent::vae), precision));
+
+  if (c->transformer->config().joint_attention_dim != c->text_config.text.hidden_size) {
+    throw InvalidInputError(fmt::format(
+        "{}: the transformer's joint_attention_dim ({}) differs from the text encoder's "
+        "hidden_size ({}); the components come from different models",
+        model.root().string(), c->transformer->config().joint_attention_dim,
+        c->text_config.text.hidden_size));
+  }
+  return EditPipeline(std::move(c));
+}
+
+PreparedImage EditPipeline::Components::prepare(const Image& input) const {
+  const Image rgb = to_rgb(input);
+  const double ratio = static_cast<double>(rgb.width()) / rgb.height();
+  PreparedImage prepared;
+
+  const ImageSize vision_size = calculate_dimensions(kVisionArea, ratio);
+  prepared.vision = process_qwen2vl_image(
+      resize(rgb, vision_size.width, vision_size.height, ResampleFilter::kLanczos), processor);
+
+  prepared.vae_size = calculate_dimensions(kVaeArea, ratio);
+  prepared.vae_input = image_to_tensor(
+      resize(rgb, prepared.vae_size.width, prepared.vae_size.height, ResampleFilter::kLanczos));
+  return prepared;
+}
+
+Tensor EditPipeline::Components::vision_embeddings(const std::vector<PreparedImage>& images) const {
+  std::vector<Tensor> rows;
+  std::vector<ImageGrid> grids;
+  for (const PreparedImage& image : images) {
+    rows.push_back(image.vision.pixel_rows);
+    grids.push_back(image.vision.grid);
+  }
+  return vision->forward(cpu::concat(rows, 0), grids);
+}
+
+Tensor EditPipeline::Components::encode_prompt(const std::string& prompt,
+                                               const std::vector<PreparedImage>& images,
+                                               const Tensor& vision_embeds,
+                                               const Qwen25VlOptions& options) const {
+  std::vector<std::int64_t> counts;
+  std::vector<ImageGrid> grids;
+  for (const PreparedImage& image : images) {
+    counts.push_back(merged_token_count(image.vision.grid, text_config.vision.spatial_merge_size));
+    grids.push_back(image.vision.grid);
+  }
+  const EncodedPrompt encoded = encode_edit_prompt(*tokenizer, prompt, counts);
+  const std::vector<std::int64_t> ids(encoded.input_ids.begin(), encoded.input_ids.end());
+  const Tensor positions = mrope_position_ids(ids, grids, text_config);
+  // [S, hidden] -> [S - drop, hidden]
+  const Tensor hidden =
+      language_model->forward(language_model->embed(ids, vision_embeds), positions, options);
+  return hidden.narrow(0, encoded.drop_tokens, hidden.size(0) - encoded.drop_tokens).contiguous();
+}
+
+Tensor EditPipeline::Components::read_initial_noise(const std::filesystem::path& path,
+                                                    const Shape& shape) const {
+  const SafetensorsCheckpoint file = SafetensorsCheckpoint::open(path);
+  if (!file.contains("noise")) {
+    throw InvalidInputError(path.string() +
+                            ": no tensor named \"noise\"; the initial-noise file "
+                            "must hold one f32 tensor \"noise\" of shape " +
+                            shape_str(shape));
+  }
+  Tensor noise = file.tensor("noise");
+  const Shape with_frame = {shape[0], shape[1], 1, shape[2], shape[3]};
+  if (noise.shape() == with_frame) {
+    noise = noise.view(shape);
+  }
+  if (noise.shape() != shape) {
+    throw InvalidInputError(fmt::format("{}: tensor \"noise\" has shape {}, but this edit needs {}",
+                                        path.string(), shape_str(noise.shape()), shape_str(shape)));
+  }
+  return noise.to(DType::f32).clone();
+}
+
+void validate_edit_request(const EditRequest& request) {
+  if (request.images.empty()) {
+    throw InvalidInputError("no input image; pass at least one --image");
+  }
+  if (request.prompt.find_first_not_of(" \t\r\n") == std::string::npos) {
+    throw InvalidInputError("the prompt is empty; pass the edit instruction with --prompt");
+  }
+  if (!request.sigmas && request.steps < 1) {
+    throw InvalidInputError(fmt::format("--steps must be at least 1, got {}", request.steps));
+  }
+  if (!(request.cfg_scale >= 0.0) || request.cfg_scale > 100.0) {
+    throw InvalidInputError(
+        fmt::format("--cfg-scale must be between 0 and 100, got {}", request.cfg_scale));
+  }
+  if (request.output_size) {
+    const ImageSize& size = *request.output_size;
+    if (size.width < kSizeMultiple || size.height < kSizeMultiple || size.width > 8192 ||
+        size.height > 8192) {
+      throw InvalidInputError(fmt::format("output size {}x{} is outside 16..8192 pixels per side",
+                                          size.width, size.height));
+    }
+  }
+  for (std::size_t i = 0; i < request.images.size(); ++i) {
+    const Image& image = request.images[i];
+    if (image.width() < kSizeMultiple || image.height() < kSizeMultiple) {
+      throw InvalidInputError(
+          fmt::format("input image {} is {}x{} pixels; the VAE needs at least 16x16", i + 1,
+                      image.width(), image.height()));
+    }
+  }
+}
+
+EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions& memory,
+                             const EditProgressCallback& progress) const {
+  validate_edit_request(request);
+  const Components& c = *components_;
+  const DType dtype = c.precision.compute_dtype;
+  auto report = [&](const std::string& stage, int step, int steps, double seconds) {
+    if (progress) {
+      progress({stage, step, steps, seconds});
+    }
+  };
+  EditResult result;
+
+  // Output size: requested, else from the last image, floored to multiples of 16.
+  ImageSize size = request.output_size
+                       ? *request.output_size
+                       : default_output_size(request.images.back().width(),
+                                             request.images.back().height(), kSizeMultiple);
+  size.width = size.width / kSizeMultiple * kSizeMultiple;
+  size.height = size.height / kSizeMultiple * kSizeMultiple;
+  result.size = size;
+  const std::int64_t latent_h = size.height / 8;
+  const std::int64_t latent_w = size.width / 8;
+
+  // Text encoding: vision tower once, then the conditional and, with CFG, negative prompt.
+  auto start = Clock::now();
+  std::vector<PreparedImage> images;
+  for (const Image& image : request.images) {
+    images.push_back(c.prepare(image));
+  }
+  Qwen25VlOptions text_options;
+  text_options.attention_query_tile = memory.attention_query_tile;
+  const bool use_cfg = request.cfg_scale > 1.0;
+  Tensor cond_text;
+  Tensor uncond_text;
+  {
+    const Tensor vision_embeds = c.vision_embeddings(images);
+    cond_text = c.encode_prompt(request.prompt, images, vision_embeds, text_options);
+    if (use_cfg) {
+      uncond_text = c.encode_prompt(request.negative_prompt, images, vision_embeds, text_options);
+    }
+  }
+  result.prompt_tokens = cond_text.size(0);
+  result.text_encoding_s = seconds_since(start);
+  report("text_encoding", 0, 0, result.text_encoding_s);
+
+  // Reference latents: VAE posterior mean, normalised, packed; image shapes in patches.
+  start = Clock::now();
+  VaeMemoryOptions vae_options;
+  vae_options.tiling = {memory.vae_tiling, memory.vae_tile_px, memory.vae_overlap_px};
+  vae_options.attention_query_tile = memory.attention_query_tile;
+  std::vector<PatchGrid> img_shapes = {{1, latent_h / 2, latent_w / 2}};
+  std::vector<Tensor> reference_tokens;
+  for (PreparedImage& image : images) {
+    const Tensor mean = c.vae->encode(image.vae_input.to(dtype), vae_options);
+    image.vae_input = Tensor();
+    const Tensor normalized = c.vae->normalize_latents(mean);
+    reference_tokens.push_back(pack_latents(normalized).select(0, 0));
+    img_shapes.push_back({1, normalized.size(2) / 2, normalized.size(3) / 2});
+  }
+  const Tensor references = cpu::concat(reference_tokens, 0).to(dtype);
+  reference_tokens.clear();
+  result.vae_encode_s = seconds_since(start);
+  report("vae_encode", 0, 0, result.vae_encode_s);
+
+  // Initial noise [1, 16, h, w] -> packed target tokens [h/2 * w/2, 64].
+  const Shape noise_shape = {1, kLatentChannels, latent_h, latent_w};
+  const Tensor noise = request.initial_noise
+                           ? c.read_initial_noise(*request.initial_noise, noise_shape)
+                           : gaussian_noise(noise_shape, request.seed);
+  Tensor latents = pack_latents(noise).select(0, 0).to(dtype).contiguous();
+  const std::int64_t target_tokens = latents.size(0);
+  result.image_tokens = target_tokens + references.size(0);
+
+  FlowMatchEulerScheduler scheduler(c.scheduler);
+  scheduler.set_timesteps(request.steps, static_cast<int>(target_tokens), request.sigmas);
+  result.steps = scheduler.steps();
+
+  TransformerForwardOptions transformer_options;
+  transformer_options.attention_query_tile = memory.attention_query_tile;
+  start = Clock::now();
+  for (int i = 0; i < scheduler.steps(); ++i) {
+    const auto step_start = Clock::now();
+    const double sigma = scheduler.timesteps()[static_cast<std::size_t>(i)] / 1000.0;
+    // [target + references, 64]
+    const Tensor input = cpu::concat({latents, references}, 0);
+    auto predict = [&](const Tensor& text) {
+      TransformerInputs inputs;
+      inputs.hidden_states = input;
+      inputs.encoder_hidden_states = text;
+      inputs.sigma = sigma;
+      inputs.img_shapes = img_shapes;
+      // Only the target tokens' velocity is used: [target, 64].
+      return c.transformer->forward(inputs, transformer_options)
+          .narrow(0, 0, target_tokens)
+          .contiguous();
+    };
+    Tensor velocity = predict(cond_text);
+    if (use_cfg) {
+      velocity =
+          guided_velocity(velocity, predict(uncond_text), static_cast<float>(request.cfg_scale));
+    }
+    latents = scheduler.step(velocity, i, latents);
+    result.step_s.push_back(seconds_since(step_start));
+    report("denoising", i + 1, scheduler.steps(), result.step_s.back());
+  }
+  result.denoising_s = seconds_since(start);
+
+  // Decode: unpack, de-normalise, VAE decode, to 8-bit RGB.
+  start = Clock::now();
+  const Tensor unpacked = unpack_latents(latents.unsqueeze(0), latent_h, latent_w);
+  latents = Tensor();
+  const Tensor decoded = c.vae->decode(c.vae->denormalize_latents(unpacked), vae_options);
+  result.image = tensor_to_image(decoded);
+  result.vae_decode_s = seconds_since(start);
+  report("vae_decode", 0, 0, result.vae_decode_s);
+  return result;
+}
+
+}  // namespace ethereal
