@@ -1,4 +1,5 @@
 #include "pipeline/geometry.h"
+#include "models/qwen2_5_vl/smart_resize.h"
 
 #include <gtest/gtest.h>
 

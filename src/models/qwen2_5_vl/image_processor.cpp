@@ -4,7 +4,7 @@
 
 #include "models/qwen2_5_vl/config.h"
 #include "models/qwen2_5_vl/json_fields.h"
-#include "pipeline/geometry.h"
+#include "models/qwen2_5_vl/smart_resize.h"
 #include "runtime/error.h"
 #include "runtime/parallel.h"
 

@@ -25,7 +25,7 @@
 #include "io/image.h"
 #include "io/resample.h"
 #include "models/qwen2_5_vl/positions.h"
-#include "pipeline/geometry.h"
+#include "models/qwen2_5_vl/smart_resize.h"
 #include "runtime/tensor.h"
 
 namespace ethereal {
