@@ -39,14 +39,23 @@ class EditCommandTest : public ::testing::Test {
   static void TearDownTestSuite() { fs::remove_all(root_); }
 
   static std::vector<std::string> edit_arguments(const fs::path& output) {
-    return {"edit",   "--model",  (root_ / "model").string(),
-            "--image", (root_ / "photo.png").string(),
-            "--prompt", "make the sky green",
-            "--output", output.string(),
-            "--steps",  "2",
-            "--width",  "64",
-            "--height", "64",
-            "--seed",   "11"};
+    return {"edit",
+            "--model",
+            (root_ / "model").string(),
+            "--image",
+            (root_ / "photo.png").string(),
+            "--prompt",
+            "make the sky green",
+            "--output",
+            output.string(),
+            "--steps",
+            "2",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--seed",
+            "11"};
   }
 
   static fs::path root_;

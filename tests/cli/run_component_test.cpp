@@ -52,10 +52,9 @@ TEST(RunComponentCommand, MatchesReferenceVectors) {
     const fs::path output = fs::path(::testing::TempDir()) /
                             ("run_component_" + std::to_string(::getpid()) + ".safetensors");
     const fs::path input = kData / "models" / c.input;
-    const CommandResult result =
-        run_ethereal({"run-component", "--model", (kData / "models" / "tiny").string(),
-                      "--component", c.component, "--input", input.string(), "--output",
-                      output.string()});
+    const CommandResult result = run_ethereal(
+        {"run-component", "--model", (kData / "models" / "tiny").string(), "--component",
+         c.component, "--input", input.string(), "--output", output.string()});
     ASSERT_EQ(result.exit_status, 0) << c.input << ": " << result.standard_error;
     const SafetensorsCheckpoint produced = SafetensorsCheckpoint::open(output);
     const SafetensorsCheckpoint expected = SafetensorsCheckpoint::open(input);
@@ -70,8 +69,8 @@ TEST(RunComponentCommand, MatchesReferenceVectors) {
 TEST(RunComponentCommand, RejectsUnknownComponentAndMissingInput) {
   const fs::path model = kData / "models" / "tiny";
   const CommandResult unknown =
-      run_ethereal({"run-component", "--model", model.string(), "--component", "unet",
-                    "--input", "x.safetensors", "--output", "y.safetensors"});
+      run_ethereal({"run-component", "--model", model.string(), "--component", "unet", "--input",
+                    "x.safetensors", "--output", "y.safetensors"});
   EXPECT_EQ(unknown.exit_status, 2);
   EXPECT_NE(unknown.standard_error.find("unet"), std::string::npos) << unknown.standard_error;
 

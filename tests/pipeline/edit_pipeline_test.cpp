@@ -60,9 +60,9 @@ fs::path EditPipelineTest::root_;
 TEST_F(EditPipelineTest, SaveLoadRoundTripGivesSameEdit) {
   const fs::path copy = root_ / "resaved";
   fs::copy(root_ / "model", copy, fs::copy_options::recursive);
-  for (const char* file : {"transformer/diffusion_pytorch_model.safetensors",
-                           "vae/diffusion_pytorch_model.safetensors",
-                           "text_encoder/model.safetensors"}) {
+  for (const char* file :
+       {"transformer/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"}) {
     const SafetensorsCheckpoint original = SafetensorsCheckpoint::open(root_ / "model" / file);
     std::vector<std::pair<std::string, Tensor>> tensors;
     for (const std::string& name : original.names()) {
@@ -73,9 +73,9 @@ TEST_F(EditPipelineTest, SaveLoadRoundTripGivesSameEdit) {
   }
 
   const EditRequest request = small_request();
-  const EditResult first = EditPipeline::load(ModelDirectory::open(root_ / "model"),
-                                              ModelPrecision::bf16())
-                               .run(request);
+  const EditResult first =
+      EditPipeline::load(ModelDirectory::open(root_ / "model"), ModelPrecision::bf16())
+          .run(request);
   const EditResult second =
       EditPipeline::load(ModelDirectory::open(copy), ModelPrecision::bf16()).run(request);
   EXPECT_EQ(first.size, (ImageSize{48, 32}));
@@ -126,8 +126,7 @@ TEST_F(EditPipelineTest, RejectsInvalidRequests) {
     pipeline.run(noise_file);
     FAIL() << "a noise tensor of the wrong shape was accepted";
   } catch (const InvalidInputError& error) {
-    EXPECT_NE(std::string(error.what()).find("[1, 16, 4, 6]"), std::string::npos)
-        << error.what();
+    EXPECT_NE(std::string(error.what()).find("[1, 16, 4, 6]"), std::string::npos) << error.what();
   }
 }
 
