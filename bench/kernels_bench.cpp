@@ -234,7 +234,9 @@ void register_benchmarks() {
   }
   with_timing(benchmark::RegisterBenchmark("NchwToNhwcBf16", run_nchw_to_nhwc))
       ->ArgNames({"C", "HW"})
-      ->Args({384, 128});
+      ->Args({384, 128})
+      ->Args({192, 256})
+      ->Args({96, 512});
 }
 
 }  // namespace

@@ -115,7 +115,8 @@ Conv2d::Conv2d(const Tensor& weight, const Tensor& bias, Conv2dOptions options)
   packed_dtype_ = options.packed_dtype.value_or(weight.dtype());
   check_dtype(packed_dtype_, "packed weight");
   if (weight.numel() == 0) {
-    throw Error(fmt::format("conv2d: weight {} is empty", weight.describe()));
+    throw Error(fmt::format("conv2d: weight {} is empty; every dimension must be positive",
+                            weight.describe()));
   }
   const Padding2d& pad = options.padding;
   if (options.stride < 1 || pad.left < 0 || pad.right < 0 || pad.top < 0 || pad.bottom < 0) {

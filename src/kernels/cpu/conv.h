@@ -72,7 +72,8 @@ class Conv2d {
   DType packed_dtype() const { return packed_dtype_; }
   // The packed weights: uint8 bytes in the layout named by packed_format().
   const Tensor& packed_weight() const { return packed_; }
-  // oneDNN tag spelling of the packed layout, e.g. "Acdb64a" (dimension a: out channels).
+  // oneDNN tag spelling of the packed layout, e.g. "AcdB48a2b" (a: out channels, b: in
+  // channels).
   std::string packed_format() const;
 
   // Name of the oneDNN implementation forward() runs for inputs of shape `input` and dtype

@@ -12,9 +12,9 @@
 // (k0 n0, k1 n0, k0 n1, k1 n1, ...), the operand order of vdpbf16ps. For f32 it is "BA16a64b".
 // K is padded with zeros to a multiple of 32 (bf16) or 16 (f32), and N to a multiple of 64.
 //
-// The layout oneDNN picks did not depend on M (checked for M = 1 ... 4096 with K and N of 17,
-// 33 and 3072). So the weights are packed once for M = kPackingRows, and each M gets its own
-// primitive that reads them. Should oneDNN prefer another layout for some M, forward()
+// The layout oneDNN picks did not depend on M (checked for M = 1 ... 4096 with K of 17 and
+// 3072 and N of 33 and 3072). So the weights are packed once for M = kPackingRows, and each M gets
+// its own primitive that reads them. Should oneDNN prefer another layout for some M, forward()
 // reorders the packed weights into it on every call: correct, but it costs a pass over the
 // weights per call.
 //
