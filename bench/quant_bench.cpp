@@ -1,0 +1,374 @@
+// Quantised linear layers (fp8_e4m3, nf4, int8) against the bf16 linear layer, the cost of
+// dequantising into oneDNN's packed layout, the machine's streaming read bandwidth, and the
+// round-trip error of each format.
+//
+// Linear benchmarks: x [M, K] bf16 -> y [M, N] bf16 with a bias, for the transformer's shapes
+// K = N = 3072 and K = 3072, N = 12288. Each quantised benchmark times its own forward pass and,
+// in the same iteration, the bf16 PackedLinear's on the same shape, and reports
+// vs_bf16 = (its time) / (bf16 time). Interleaving the two keeps the ratio meaningful on a
+// machine whose load changes during the run.
+//
+// vs_bf16_cpu is the same ratio in process CPU time (all threads), which on a shared machine
+// is less affected by the CPU share the process gets. OpenMP threads that spin while waiting
+// count as busy, so run with OMP_WAIT_POLICY=passive when comparing CPU time.
+//
+// For M < 64 (the direct path) the weights would stay in the 32 MiB L3 cache between
+// iterations, so the benchmark cycles through enough copies of the layer (at least 256 MiB of
+// weights) that every call reads its weights from memory, as one denoising step does. It then
+// reports weight_GB/s (weight bytes read per second) and pct_of_bandwidth, the share of the
+// streaming read bandwidth measured by StreamingRead in the same process (its fastest
+// iteration).
+//
+// Suggested command (quote medians):
+//   ethereal_quant_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <benchmark/benchmark.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <ctime>
+#include <optional>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cpu/linear.h"
+#include "quant/packed_dequant.h"
+#include "quant/quantize.h"
+#include "quant/quantized_linear.h"
+#include "runtime/parallel.h"
+#include "runtime/tensor.h"
+
+namespace ethereal::quant {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr std::int64_t kRotationBytes = std::int64_t{256} << 20;
+constexpr std::int64_t kStreamBytes = std::int64_t{512} << 20;
+
+// Streaming read bandwidth in bytes per second, one entry per StreamingRead iteration.
+std::vector<double> stream_rates;
+
+// The machine's read bandwidth: the fastest StreamingRead iteration, the one least disturbed
+// by other processes.
+double measured_bandwidth() {
+  return stream_rates.empty() ? 0.0 : *std::max_element(stream_rates.begin(), stream_rates.end());
+}
+
+// Normal weights with standard deviation 0.02 (a cheap seeded generator per row, in parallel).
+Tensor normal_weight(std::int64_t n, std::int64_t k, std::uint32_t seed) {
+  Tensor weight = Tensor::empty({n, k}, DType::f32);
+  float* data = weight.data_as<float>();
+  parallel_for(0, n, 16, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t row = begin; row < end; ++row) {
+      std::mt19937 generator(seed * 1000003u + static_cast<std::uint32_t>(row));
+      std::normal_distribution<float> distribution(0.0f, 0.02f);
+      for (std::int64_t i = 0; i < k; ++i) {
+        data[row * k + i] = distribution(generator);
+      }
+    }
+  });
+  return weight;
+}
+
+// The normal weight with Student-t (3 degrees of freedom) tails and an outlier of 0.8 about
+// every 500 values.
+Tensor heavy_tailed_weight(std::int64_t n, std::int64_t k, std::uint32_t seed) {
+  Tensor weight = Tensor::empty({n, k}, DType::f32);
+  float* data = weight.data_as<float>();
+  parallel_for(0, n, 16, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t row = begin; row < end; ++row) {
+      std::mt19937 generator(seed * 1000003u + static_cast<std::uint32_t>(row));
+      std::student_t_distribution<float> distribution(3.0f);
+      std::uniform_int_distribution<int> outlier(0, 499);
+      for (std::int64_t i = 0; i < k; ++i) {
+        float value = 0.02f * distribution(generator);
+        if (outlier(generator) == 0) {
+          value = value >= 0.0f ? 0.8f : -0.8f;
+        }
+        data[row * k + i] = value;
+      }
+    }
+  });
+  return weight;
+}
+
+Tensor uniform_tensor(const Shape& shape, DType dtype, std::uint32_t seed) {
+  std::vector<float> values(static_cast<std::size_t>(shape_numel(shape)));
+  std::mt19937 generator(seed);
+  std::uniform_real_distribution<float> distribution(-1.0f, 1.0f);
+  for (float& value : values) {
+    value = distribution(generator);
+  }
+  return Tensor::from_floats(values, shape, dtype);
+}
+
+QuantizedWeight clone_weight(const QuantizedWeight& weight) {
+  QuantizedWeight copy = weight;
+  for (Tensor* part : {&copy.values, &copy.scales, &copy.nf4.absmax_codes, &copy.nf4.group_scales,
+                       &copy.nf4.code_map}) {
+    if (part->defined()) {
+      *part = part->clone();
+    }
+  }
+  return copy;
+}
+
+// Sum of `count` 64-bit words (count a multiple of 32), read with four independent vector
+// accumulators so that the loop is limited by memory, not by the addition chain.
+std::uint64_t sum_words(const std::uint64_t* words, std::int64_t count) {
+#if defined(__AVX512F__)
+  __m512i sums[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                     _mm512_setzero_si512()};
+  for (std::int64_t i = 0; i < count; i += 32) {
+    for (int j = 0; j < 4; ++j) {
+      sums[j] = _mm512_add_epi64(sums[j], _mm512_loadu_si512(words + i + 8 * j));
+    }
+  }
+  alignas(64) std::uint64_t lanes[8];
+  _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(sums[0], sums[1]),
+                                             _mm512_add_epi64(sums[2], sums[3])));
+  std::uint64_t total = 0;
+  for (std::uint64_t lane : lanes) {
+    total += lane;
+  }
+  return total;
+#else
+  std::uint64_t total = 0;
+  for (std::int64_t i = 0; i < count; ++i) {
+    total += words[i];
+  }
+  return total;
+#endif
+}
+
+// Reads a 512 MiB buffer on all threads, in 64 chunks of 8 MiB.
+void run_streaming_read(benchmark::State& state) {
+  const Tensor buffer = Tensor::empty({kStreamBytes}, DType::uint8);
+  std::memset(buffer.data(), 1, static_cast<std::size_t>(kStreamBytes));
+  const auto* words = buffer.data_as<const std::uint64_t>();
+  const std::int64_t chunks = 64;
+  const std::int64_t chunk_words = kStreamBytes / 8 / chunks;
+  std::vector<std::uint64_t> sums(static_cast<std::size_t>(chunks));
+  for (auto _ : state) {
+    const auto start = Clock::now();
+    parallel_for(0, chunks, 1, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t c = begin; c < end; ++c) {
+        sums[static_cast<std::size_t>(c)] = sum_words(words + c * chunk_words, chunk_words);
+      }
+    });
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    state.SetIterationTime(seconds);
+    stream_rates.push_back(static_cast<double>(kStreamBytes) / seconds);
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(kStreamBytes) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// One layer in the formats compared: the bf16 PackedLinear and, unless `format` is null, the
+// quantised layer built from the same f32 weight.
+struct LayerCopies {
+  std::vector<cpu::PackedLinear> bf16;
+  std::vector<QuantizedLinear> quantized;
+  std::size_t quantized_bytes = 0;
+};
+
+LayerCopies make_layers(const std::optional<QuantFormat>& format, std::int64_t rows, std::int64_t k,
+                        std::int64_t n) {
+  const Tensor weight = normal_weight(n, k, 1);
+  const Tensor bias = uniform_tensor({n}, DType::bf16, 2);
+  LayerCopies layers;
+  layers.bf16.emplace_back(weight.to(DType::bf16), bias);
+  if (format) {
+    layers.quantized.emplace_back(quantize(weight, *format), bias);
+    layers.quantized_bytes = layers.quantized.front().weight().nbytes();
+  }
+  if (rows < 64) {
+    const std::int64_t bf16_bytes = n * k * 2;
+    for (std::int64_t total = bf16_bytes; total < kRotationBytes; total += bf16_bytes) {
+      layers.bf16.emplace_back(weight.to(DType::bf16), bias);
+    }
+    if (format) {
+      const auto bytes = static_cast<std::int64_t>(layers.quantized_bytes);
+      for (std::int64_t total = bytes; total < kRotationBytes; total += bytes) {
+        layers.quantized.emplace_back(clone_weight(layers.quantized.front().weight()), bias);
+      }
+    }
+  }
+  return layers;
+}
+
+double process_cpu_seconds() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
+}
+
+// Wall-clock and process CPU time (all threads) of one call.
+struct Times {
+  double wall = 0.0;
+  double cpu = 0.0;
+
+  Times& operator+=(const Times& other) {
+    wall += other.wall;
+    cpu += other.cpu;
+    return *this;
+  }
+};
+
+template <typename Layer>
+Times time_forward(const Layer& layer, const Tensor& x) {
+  const auto start = Clock::now();
+  const double cpu_start = process_cpu_seconds();
+  Tensor y = layer.forward(x);
+  benchmark::DoNotOptimize(y.storage()->data());
+  return {std::chrono::duration<double>(Clock::now() - start).count(),
+          process_cpu_seconds() - cpu_start};
+}
+
+// Linear layer of M x K by K x N in `format` (bf16 when null), timed by hand. The quantised
+// forward is the benchmark's time, and the interleaved bf16 forward only feeds the ratios.
+void run_linear(benchmark::State& state, std::optional<QuantFormat> format) {
+  const std::int64_t rows = state.range(0), k = state.range(1), n = state.range(2);
+  LayerCopies layers = make_layers(format, rows, k, n);
+  const Tensor x = uniform_tensor({rows, k}, DType::bf16, 3);
+  std::size_t next_bf16 = 0, next_quantized = 0;
+  Times bf16_total, quantized_total;
+  for (auto _ : state) {
+    const Times bf16 = time_forward(layers.bf16[next_bf16++ % layers.bf16.size()], x);
+    bf16_total += bf16;
+    if (!format) {
+      state.SetIterationTime(bf16.wall);
+      continue;
+    }
+    const Times quantized =
+        time_forward(layers.quantized[next_quantized++ % layers.quantized.size()], x);
+    quantized_total += quantized;
+    state.SetIterationTime(quantized.wall);
+  }
+
+  const double flop = 2.0 * static_cast<double>(rows) * static_cast<double>(k) * n;
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flop * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  if (format) {
+    state.counters["vs_bf16"] = quantized_total.wall / bf16_total.wall;
+    state.counters["vs_bf16_cpu"] = quantized_total.cpu / bf16_total.cpu;
+  }
+  if (rows < 64) {
+    const double weight_bytes =
+        format ? static_cast<double>(layers.quantized_bytes) : 2.0 * static_cast<double>(n * k);
+    const double seconds = format ? quantized_total.wall : bf16_total.wall;
+    const double rate = weight_bytes * static_cast<double>(state.iterations()) / seconds;
+    state.counters["weight_GB/s"] = rate * 1e-9;
+    if (!stream_rates.empty()) {
+      state.counters["pct_of_bandwidth"] = 100.0 * rate / measured_bandwidth();
+    }
+  }
+}
+
+// Dequantising a whole [N, K] weight into oneDNN's packed bf16 layout.
+void run_dequantize_to_packed(benchmark::State& state, QuantFormat format) {
+  const std::int64_t k = state.range(0), n = state.range(1);
+  const QuantizedWeight weight = quantize(normal_weight(n, k, 4), format);
+  const cpu::PackedLinear target = cpu::PackedLinear::allocate(n, k, DType::bf16);
+  for (auto _ : state) {
+    dequantize_to_packed(weight, 0, target.layout(), target.packed_weight().data());
+    benchmark::ClobberMemory();
+  }
+  // Inverted rate of n * k * 1e-9 weights per iteration: nanoseconds per weight.
+  state.counters["ns/weight"] = benchmark::Counter(
+      static_cast<double>(n * k) * 1e-9,
+      benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  state.counters["fast_path"] = has_fast_packed_path(target.layout()) ? 1 : 0;
+}
+
+// Round-trip error of a 3072 x 3072 weight: RMS error over RMS weight, and the largest error
+// over the largest weight.
+void run_round_trip_error(benchmark::State& state, QuantFormat format, ScaleGranularity fp8_scales,
+                          bool heavy_tailed) {
+  const std::int64_t n = 3072, k = 3072;
+  const Tensor weight = heavy_tailed ? heavy_tailed_weight(n, k, 5) : normal_weight(n, k, 5);
+  Tensor restored;
+  for (auto _ : state) {
+    restored = dequantize(quantize(weight, format, {.fp8_scales = fp8_scales}));
+  }
+  const float* original = weight.data_as<const float>();
+  const float* decoded = restored.data_as<const float>();
+  double squared_error = 0.0, squared_weight = 0.0, max_error = 0.0, max_weight = 0.0;
+  for (std::int64_t i = 0; i < n * k; ++i) {
+    const double error = std::fabs(static_cast<double>(original[i]) - decoded[i]);
+    squared_error += error * error;
+    squared_weight += static_cast<double>(original[i]) * original[i];
+    max_error = std::max(max_error, error);
+    max_weight = std::max(max_weight, std::fabs(static_cast<double>(original[i])));
+  }
+  state.counters["rms_error/rms_weight"] = std::sqrt(squared_error / squared_weight);
+  state.counters["max_error/max_weight"] = max_error / max_weight;
+}
+
+void register_benchmarks() {
+  benchmark::RegisterBenchmark("StreamingRead", run_streaming_read)
+      ->UseManualTime()
+      ->Unit(benchmark::kMillisecond);
+
+  const std::pair<const char*, std::optional<QuantFormat>> formats[] = {
+      {"Bf16", std::nullopt},
+      {"Fp8", QuantFormat::fp8_e4m3},
+      {"Nf4", QuantFormat::nf4},
+      {"Int8", QuantFormat::int8}};
+  for (const auto& [name, format] : formats) {
+    benchmark::RegisterBenchmark((std::string("Linear") + name).c_str(), run_linear, format)
+        ->ArgNames({"M", "K", "N"})
+        ->ArgsProduct({{1, 16, 1024, 4096}, {3072}, {3072, 12288}})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+  }
+
+  for (const auto& [name, format] : formats) {
+    if (!format) {
+      continue;
+    }
+    benchmark::RegisterBenchmark((std::string("DequantizeToPacked") + name).c_str(),
+                                 run_dequantize_to_packed, *format)
+        ->ArgNames({"K", "N"})
+        ->Args({3072, 3072})
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+
+  const std::tuple<const char*, QuantFormat, ScaleGranularity> error_cases[] = {
+      {"Fp8PerChannel", QuantFormat::fp8_e4m3, ScaleGranularity::per_channel},
+      {"Fp8PerTensor", QuantFormat::fp8_e4m3, ScaleGranularity::per_tensor},
+      {"Nf4", QuantFormat::nf4, ScaleGranularity::per_channel},
+      {"Int8", QuantFormat::int8, ScaleGranularity::per_channel}};
+  for (const auto& [name, format, scales] : error_cases) {
+    for (const bool heavy : {false, true}) {
+      const std::string label =
+          std::string("RoundTripError") + name + (heavy ? "/heavy_tailed" : "/normal");
+      benchmark::RegisterBenchmark(label.c_str(), run_round_trip_error, format, scales, heavy)
+          ->Iterations(1)
+          ->Repetitions(1)
+          ->Unit(benchmark::kMillisecond);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ethereal::quant
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) {
+    return 2;
+  }
+  ethereal::quant::register_benchmarks();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,95 @@
+// Linear layers (y = x W^T + b) on quantised weights: fp8_e4m3, nf4 or int8.
+//
+// Two paths, picked by the number of input rows M (all leading axes of x together):
+//
+// Direct (M < direct_row_limit, default 64): reading the weights dominates, so the weights are
+// decoded in registers and multiplied with x right away (direct_linear.h). Per call this
+// allocates a bf16 copy of x [M, in_features rounded up to 32 or 64] (plus a contiguous copy
+// first when x is strided) and the output; nothing the size of the weight.
+//
+// Dequantise + matmul (larger M): the matmul costs O(M K N) and the decoding O(K N), so the
+// weight is decoded into oneDNN's packed bf16 layout and multiplied by oneDNN's bf16 matmul.
+// To bound memory, this runs in panels of output channels. Each panel of `panel_columns`
+// channels is decoded into one scratch buffer (reused by every panel) and multiplied, in chunks
+// of rows, into a dense [rows, panel] temporary of at most about 4 MiB. The temporary is copied
+// into the output's columns, because oneDNN 2.6 runs its fast kernels only on a dense
+// destination. A weight that fits one panel skips the temporary and the copy. Per call this
+// allocates, from the current allocator: the bf16 copy of x (unless x is already contiguous
+// bf16), the panel scratch (K x panel_columns bf16, padded to oneDNN's blocks), the temporary
+// (only with more than one panel), oneDNN's scratchpad and the output. The default panel holds
+// about 8 MiB of bf16 weights.
+//
+// Precision: both paths round x to bf16 and accumulate in f32; the bias (kept as f32) is added
+// before the single rounding to the output dtype. The large-M path multiplies with the
+// dequantised weights rounded to bf16; the direct path applies the fp8 and int8 scales to the
+// f32 sums instead (see direct_linear.h).
+//
+// Dry run: when dry_run_active() or x or the weight is dry, forward allocates exactly what a
+// real call allocates, in the same order, and computes nothing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "quant/quant_format.h"
+#include "runtime/tensor.h"
+
+namespace ethereal::quant {
+
+struct QuantizedLinearOptions {
+  enum class Path : std::uint8_t { automatic, direct, dequantize_matmul };
+
+  // Inputs with fewer rows than this take the direct path.
+  std::int64_t direct_row_limit = 64;
+  // Output channels per panel of the dequantise + matmul path, rounded up to a multiple of 64;
+  // 0 picks panels of about 8 MiB of bf16 weights.
+  std::int64_t panel_columns = 0;
+  // Rows per matmul call when there is more than one panel; 0 picks a temporary result of about
+  // 4 MiB.
+  std::int64_t chunk_rows = 0;
+  // Forces one path (for tests and benchmarks); automatic picks by direct_row_limit.
+  Path path = Path::automatic;
+};
+
+class QuantizedLinear {
+ public:
+  // Takes `weight` (validated here; throws InvalidInputError when malformed) and keeps `bias`
+  // [out_features] (f32 or bf16, optional) as f32.
+  explicit QuantizedLinear(QuantizedWeight weight, const Tensor& bias = Tensor(),
+                           QuantizedLinearOptions options = {});
+  ~QuantizedLinear();
+  QuantizedLinear(QuantizedLinear&&) noexcept;
+  QuantizedLinear& operator=(QuantizedLinear&&) noexcept;
+
+  // y = x W^T + b. x [..., in_features] f32 or bf16, any strides. Returns [..., out_features]
+  // in `out_dtype` (f32 or bf16; default: x's dtype).
+  Tensor forward(const Tensor& x, std::optional<DType> out_dtype = std::nullopt) const;
+  // Writes into `out` [..., out_features] (contiguous, f32 or bf16); x as in forward().
+  void forward_into(const Tensor& x, const Tensor& out) const;
+
+  std::int64_t in_features() const { return weight_.in_features; }
+  std::int64_t out_features() const { return weight_.out_features; }
+  QuantFormat format() const { return weight_.format; }
+  const QuantizedWeight& weight() const { return weight_; }
+  // f32 [out_features], or undefined without bias.
+  const Tensor& bias() const { return bias_; }
+  // Output channels per panel of the dequantise + matmul path (a multiple of 64).
+  std::int64_t panel_columns() const { return panel_columns_; }
+  // True when an input of `rows` rows takes the direct path.
+  bool uses_direct_path(std::int64_t rows) const;
+
+ private:
+  struct Panels;  // oneDNN matmuls of the full and the last panel, in quantized_linear.cpp
+
+  void forward_direct(const Tensor& x, const Tensor& out, std::int64_t rows, bool execute) const;
+  void forward_panels(const Tensor& x, const Tensor& out, std::int64_t rows, bool execute) const;
+
+  QuantizedWeight weight_;
+  Tensor bias_;
+  QuantizedLinearOptions options_;
+  std::int64_t panel_columns_ = 0;
+  std::unique_ptr<Panels> panels_;
+};
+
+}  // namespace ethereal::quant
