@@ -3,17 +3,19 @@
 //
 // Work is split over groups of 8 output channels. For each group, the input rows are taken in
 // tiles of 8, 4, 2 or 1 rows, and the channels in sub-groups of 2, 4, 4 or 8. The weights of a
-// sub-group are decoded to bf16 in registers, 32 or 64 at a time, and multiplied with every row
-// of the tile by vdpbf16ps (AVX-512 BF16: 32 products per instruction, f32 accumulation), 8 to
-// 16 accumulators in registers. Each weight is decoded once per tile: once for up to 8 rows,
-// twice for 16, three times for 13 (8 + 4 + 1). Nothing the size of the weight is allocated.
+// sub-group are decoded to bf16 in registers, 32 or 64 at a time. vdpbf16ps (AVX-512 BF16: 32
+// products per instruction, f32 accumulation) multiplies them with every row of the tile into
+// 8 to 16 accumulators held in registers. Each weight is decoded once per tile: once for up to 8
+// rows, twice for 16, three times for 13 (8 + 4 + 1). Nothing the size of the weight is allocated.
 //
-// Decoded values ("direct values"): int8 q; fp8 v * 2^-8 (its bits move straight into a bf16,
-// see weight_decoder.h); nf4 codebook value * block absmax rounded to bf16. The per-channel
-// factor (int8 scale; fp8 scale * 256; nf4 1) multiplies the f32 sum at the end, so fp8 and
-// int8 products are exact. For nf4 with in_features a multiple of 64, a block's 32 bytes are
-// decoded as the 32 even elements (low nibbles) and the 32 odd elements (high nibbles), and the
-// input is permuted the same way once per call, which saves interleaving the nibbles.
+// The decoded "direct values" are:
+//   int8: the integer q.
+//   fp8:  v * 2^-8, because its bits move straight into a bf16 (see fp8_direct32).
+//   nf4:  codebook value * block absmax, rounded to bf16.
+// A per-channel factor (int8: scale; fp8: scale * 256; nf4: 1) multiplies the f32 sum at the
+// end, so fp8 and int8 products are exact. For nf4 with in_features a multiple of 64, a block's
+// 32 bytes are decoded as the 32 even elements (low nibbles) and the 32 odd elements (high
+// nibbles). The input is permuted the same way once per call, which saves interleaving nibbles.
 //
 // Precision: the input is rounded to bf16, as in the bf16 oneDNN linear. Accumulation is f32.
 #pragma once

@@ -26,11 +26,14 @@ class PanelMatmul {
   // Bytes of the user scratchpad the matmul needs for `rows` rows and a `dst_dtype` output.
   std::size_t scratchpad_bytes(std::int64_t rows, DType dst_dtype) const;
 
-  // dst = src x weights + bias. src: bf16 [rows, k] contiguous; packed: the weights in layout()
-  // (at least layout().bytes bytes); bias: f32 [1, width] contiguous or undefined (must match
-  // has_bias); dst: dense [rows, width] f32 or bf16; scratchpad: at least scratchpad_bytes()
-  // bytes, or undefined when that is 0. Allocates nothing except on oneDNN's fallback path
-  // (see the .cpp); with `execute` false it only allocates.
+  // Computes dst = src x weights + bias.
+  //   src: bf16 [rows, k], contiguous.
+  //   packed: the weights in layout(), at least layout().bytes bytes.
+  //   bias: f32 [1, width], contiguous, or undefined without bias (as in the constructor).
+  //   dst: dense [rows, width], f32 or bf16.
+  //   scratchpad: at least scratchpad_bytes() bytes, or undefined when that is 0.
+  // Allocates only on the fallback path where oneDNN rejects the packed layout (a reordered copy
+  // of the panel). With `execute` false it allocates the same and computes nothing.
   void run(const Tensor& src, const Tensor& packed, const Tensor& bias, const Tensor& dst,
            const Tensor& scratchpad, bool execute) const;
 

@@ -39,7 +39,8 @@ std::string_view quant_format_name(QuantFormat format);
 // Parses a name from quant_format_name; throws InvalidInputError naming the value otherwise.
 QuantFormat parse_quant_format(std::string_view name);
 
-// Which elements share one fp8 scale. int8 is always per channel.
+// Scale granularity of fp8 weights: one scale per tensor or per output channel. int8 is always
+// per channel.
 enum class ScaleGranularity : std::uint8_t { per_tensor, per_channel };
 
 // The 16 NormalFloat-4 values of the QLoRA paper (Dettmers et al., 2023), in code order.
@@ -97,9 +98,9 @@ struct QuantizedWeight {
   bool is_dry() const { return values.is_dry(); }
 };
 
-// Checks that the tensors of `weight` have the shapes and dtypes described above; throws
-// InvalidInputError naming `name` (for example the checkpoint tensor), the field, the expected
-// and the actual shape or dtype. `name` may be empty.
+// Checks that the tensors of `weight` have the shapes and dtypes described above. Throws
+// InvalidInputError naming `name` (for example the checkpoint tensor; may be empty), the field,
+// the expected and the actual shape or dtype.
 void validate(const QuantizedWeight& weight, std::string_view name = {});
 
 }  // namespace ethereal::quant

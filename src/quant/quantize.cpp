@@ -107,8 +107,8 @@ constexpr std::array<float, 15> nf4_midpoints() {
   return result;
 }
 
-// The nearest nf4 code of `normalised` (a weight divided by its block absmax); ties and values
-// outside [-1, 1] go to the lower code and to the end codes.
+// Returns the nearest nf4 code of `normalised`, a weight divided by its block absmax. A tie goes
+// to the lower code, and a value outside [-1, 1] to the end code on its side.
 int nearest_nf4_code(float normalised) {
   static constexpr std::array<float, 15> kMidpoints = nf4_midpoints();
   int code = 0;

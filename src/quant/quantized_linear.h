@@ -4,8 +4,8 @@
 //
 // Direct (M < direct_row_limit, default 64): reading the weights dominates, so the weights are
 // decoded in registers and multiplied with x right away (direct_linear.h). Per call this
-// allocates a bf16 copy of x [M, in_features rounded up to 32 or 64] (plus a contiguous copy
-// first when x is strided) and the output; nothing the size of the weight.
+// allocates the output and a bf16 copy of x [M, in_features rounded up to 32 or 64], plus a
+// contiguous copy first when x is strided. Nothing the size of the weight is allocated.
 //
 // Dequantise + matmul (larger M): the matmul costs O(M K N) and the decoding O(K N), so the
 // weight is decoded into oneDNN's packed bf16 layout and multiplied by oneDNN's bf16 matmul.
@@ -16,8 +16,8 @@
 // destination. A weight that fits one panel skips the temporary and the copy. Per call this
 // allocates, from the current allocator: the bf16 copy of x (unless x is already contiguous
 // bf16), the panel scratch (K x panel_columns bf16, padded to oneDNN's blocks), the temporary
-// (only with more than one panel), oneDNN's scratchpad and the output. The default panel holds
-// about 8 MiB of bf16 weights.
+// (only with more than one panel), oneDNN's scratchpad and the output. By default a weight of up
+// to 24 MiB in bf16 is one panel, and larger ones use equal panels of about 8 MiB.
 //
 // Precision: both paths round x to bf16 and accumulate in f32; the bias (kept as f32) is added
 // before the single rounding to the output dtype. The large-M path multiplies with the
@@ -43,7 +43,7 @@ struct QuantizedLinearOptions {
   // Inputs with fewer rows than this take the direct path.
   std::int64_t direct_row_limit = 64;
   // Output channels per panel of the dequantise + matmul path, rounded up to a multiple of 64;
-  // 0 picks panels of about 8 MiB of bf16 weights.
+  // 0 picks one panel for weights of up to 24 MiB in bf16, else equal panels of about 8 MiB.
   std::int64_t panel_columns = 0;
   // Rows per matmul call when there is more than one panel; 0 picks a temporary result of about
   // 4 MiB.

@@ -1,12 +1,13 @@
 // Decoding of quantised weights element by element and 32 at a time, shared by dequantize(),
 // the packed-layout dequantiser and the direct small-batch kernel.
 //
-// Every path computes a dequantised value the same way, so they agree bit for bit:
-//   fp8_e4m3, int8: code_value * row_scale           (one f32 multiplication)
-//   nf4:            kNf4Codebook[code] * block_absmax (one f32 multiplication)
-// and bf16 results are that f32 value rounded to nearest even. A caller may pass a `multiplier`
-// in place of the row scale (1 gives the unscaled code values; for nf4 it must be 1 to keep
-// the rounding above).
+// Every path computes a dequantised value with the same single f32 multiplication, so they
+// agree bit for bit:
+//   fp8_e4m3, int8: code_value * row_scale
+//   nf4:            kNf4Codebook[code] * block_absmax
+// A bf16 result is that f32 value rounded to nearest even. A caller may pass a `multiplier` in
+// place of the row scale, for example 1 for the unscaled code values. For nf4 it must be 1 to
+// keep the rounding above.
 //
 // NOTE: the 32-wide fp8 decoder maps the two NaN codes (0x7F, 0xFF) to +-480 * scale instead
 // of NaN. The quantiser never writes them, because it rejects non-finite weights.
@@ -129,7 +130,7 @@ inline void decode32_scalar(const WeightView& w, std::int64_t n, std::int64_t k0
 #if defined(ETHEREAL_QUANT_AVX512)
 
 // All 16 lanes selected. GCC 12 reports the undefined pass-through operand of the plain forms
-// of some AVX-512 intrinsics as uninitialized wherever they are inlined; the zero-masking forms
+// of some AVX-512 intrinsics as uninitialized wherever they are inlined. The zero-masking forms
 // with every lane selected compile to the same instructions without that warning.
 inline constexpr __mmask16 kAll16 = 0xFFFF;
 
@@ -168,7 +169,7 @@ inline __m512i decode32_as(const WeightView& w, std::int64_t n, std::int64_t k0,
     // Words 0 ... 15: the table; words 16 ... 31: zero (never indexed).
     const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(
         _mm512_setzero_ps(), _mm512_mul_ps(codebook, _mm512_set1_ps(absmax)));
-    // Byte j holds elements 2j (low nibble) and 2j + 1 (high nibble). Widened to 32 bits, byte
+    // Byte j contains elements 2j (low nibble) and 2j + 1 (high nibble). Widened to 32 bits, byte
     // j becomes word 2j = its low nibble and word 2j + 1 = its high nibble (bits 12..15 of
     // word 2j keep a copy of the low nibble, but vpermw reads only bits 0..4 of an index).
     const __m512i bytes = _mm512_maskz_cvtepu8_epi32(
@@ -193,7 +194,7 @@ inline __m512i decode32_any_as(const WeightView& w, std::int64_t n, std::int64_t
   return _mm512_load_si512(buffer);
 }
 
-// Address of the byte that holds W[n, k] in format F, for prefetching.
+// Address of the byte that contains W[n, k] in format F, for prefetching.
 template <QuantFormat F>
 inline const std::uint8_t* element_address(const WeightView& w, std::int64_t n, std::int64_t k) {
   const std::int64_t index = n * w.in_features + k;

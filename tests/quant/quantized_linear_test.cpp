@@ -228,7 +228,7 @@ TEST(QuantizedLinear, PathSelectionAndPanelWidth) {
   const QuantizedLinear linear(q);
   EXPECT_TRUE(linear.uses_direct_path(63));
   EXPECT_FALSE(linear.uses_direct_path(64));
-  // About 8 MiB of bf16 per panel: 65536 channels of K = 64 would fit, so one panel.
+  // 12288 x 64 in bf16 is 1.5 MiB, so one panel.
   EXPECT_EQ(linear.panel_columns(), 12288);
 
   const QuantizedLinear limited(q, Tensor(), {.direct_row_limit = 1, .panel_columns = 100});
@@ -237,14 +237,16 @@ TEST(QuantizedLinear, PathSelectionAndPanelWidth) {
 }
 
 TEST(QuantizedLinear, DefaultPanelsForTransformerShapes) {
-  // K = 3072: 1365 bf16 columns fit in 8 MiB, so N = 3072 splits into 3 x 1024 and N = 12288
-  // into 10 panels of 1280 (the last one 768). K = 12288: 341 columns fit, so 10 panels of 320.
+  // 3072 x 3072 in bf16 is 18 MiB, at most 24 MiB: one panel. K = 3072: 1365 bf16 columns fit
+  // in 8 MiB, so N = 12288 splits into 10 equal panels of 1280 (the last one 768). K = 12288:
+  // 341 columns fit, so N = 3072 splits into 10 panels of 320.
   const auto panels = [](std::int64_t n, std::int64_t k) {
     return QuantizedLinear(zero_int8_weight(n, k)).panel_columns();
   };
-  EXPECT_EQ(panels(3072, 3072), 1024);
+  EXPECT_EQ(panels(3072, 3072), 3072);
   EXPECT_EQ(panels(12288, 3072), 1280);
   EXPECT_EQ(panels(3072, 12288), 320);
+  EXPECT_EQ(panels(100, 17), 128);
 }
 
 TEST(QuantizedLinear, RejectsMismatchedShapes) {
