@@ -22,8 +22,9 @@ constexpr std::string_view kKernel = "quantized linear";
 // A weight of at most this many bytes in bf16 is one panel, which saves copying the output panel
 // by panel: a 3072 x 3072 weight (18 MiB) is. Larger weights use panels of about
 // kDefaultPanelBytes, small enough to stay in a 32 MiB L3 cache between decoding and the
-// matmul. On a 2-core Zen 4 at M = 1024, panels of 4096 x 3072 (24 MiB) cost 2 to 4% more than
-// panels of 1280 x 3072 (7.5 MiB).
+// matmul. NOTE: on a shared 2-core Zen 4 VM, 24 MiB panels for 3072 -> 12288 measured 1 to 2
+// points of wall-clock ratio worse than 7.5 MiB panels at M = 1024; the evidence is weak (see
+// docs/benchmarks/quant.md).
 constexpr std::int64_t kSinglePanelBytes = std::int64_t{24} << 20;
 constexpr std::int64_t kDefaultPanelBytes = std::int64_t{8} << 20;
 // Bound on the temporary result of one chunk of rows of a panel.
@@ -193,8 +194,8 @@ void QuantizedLinear::forward_panels(const Tensor& x, const Tensor& out, std::in
   panels_->create(k, n, panel_columns_, bias_.defined());
   const detail::PanelMatmul& full = *panels_->full;
   const detail::PanelMatmul* last = panels_->last.get();
-  // With several panels, each one is multiplied in chunks of rows whose [chunk, width] result
-  // stays in the L2 cache until it is copied into the output's columns.
+  // With several panels, each one is multiplied in chunks of rows, so that the temporary
+  // [chunk, width] result stays at about kTemporaryBytes however many rows x has.
   const std::int64_t chunk_rows =
       panel_count == 1
           ? rows
