@@ -56,7 +56,8 @@ class WeightLoader {
   // Marks canonical names starting with `prefix` as used without loading them.
   void ignore_prefix(const std::string& prefix);
 
-  // Throws InvalidInputError listing (a few of) the checkpoint tensors nobody took.
+  // Throws InvalidInputError listing up to five checkpoint tensors that were neither taken nor
+  // ignored.
   void finish() const;
 
   const SafetensorsCheckpoint& checkpoint() const { return checkpoint_; }

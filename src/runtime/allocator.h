@@ -70,7 +70,8 @@ class Allocator {
   virtual AllocatorStats stats() const = 0;
   virtual void reset_peaks() = 0;
 
-  // The most this allocator may reserve; kUnlimitedCapacity when only the system limits it.
+  // Maximum bytes this allocator may reserve, or kUnlimitedCapacity when only the system
+  // limits it.
   virtual std::size_t capacity() const = 0;
   // Takes effect for the next allocation; blocks already reserved above it stay valid.
   virtual void set_capacity(std::size_t bytes) = 0;

@@ -1,4 +1,5 @@
-// Where kernels run. Callers pass a Device value around; only the runtime looks inside.
+// The device that kernels run on. Callers pass a Device value around, and only the runtime
+// looks inside.
 #pragma once
 
 #include <string>

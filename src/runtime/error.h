@@ -15,7 +15,8 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A file, option or value given by the user is invalid; the message names it and says what to do.
+// A file, option or value given by the user is invalid. The message names it and tells the
+// user what to do.
 class InvalidInputError : public Error {
  public:
   using Error::Error;
