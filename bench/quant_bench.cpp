@@ -3,7 +3,8 @@
 // round-trip error of each format.
 //
 // Linear benchmarks: x [M, K] bf16 -> y [M, N] bf16 with a bias, for the transformer's shapes
-// K = N = 3072 and K = 3072, N = 12288. Each quantised benchmark times its own forward pass and,
+// K = N = 3072 and K = 3072, N = 12288, with M = 1, 4, 16 and 32 rows (the direct path) and 1024
+// and 4096 rows (dequantise + matmul). Each quantised benchmark times its own forward pass and,
 // in the same iteration, the bf16 PackedLinear's on the same shape, and reports
 // vs_bf16 = (its time) / (bf16 time). Interleaving the two keeps the ratio meaningful on a
 // machine whose load changes during the run.
@@ -17,7 +18,10 @@
 // weights) that every call reads its weights from memory, as one denoising step does. It then
 // reports weight_GB/s (weight bytes read per second) and pct_of_bandwidth, the share of the
 // streaming read bandwidth measured by StreamingRead in the same process (its fastest
-// iteration).
+// iteration). On a shared machine the load during StreamingRead and during a later benchmark
+// differ, so it also reports pct_of_read: each iteration times, right after the forward pass,
+// a plain streaming read of as many bytes (on all threads, from a separate 256 MiB buffer), and
+// pct_of_read is that read's time over the forward pass's time, in percent.
 //
 // Suggested command (quote medians):
 //   ethereal_quant_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
@@ -171,6 +175,42 @@ void run_streaming_read(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Plain streaming reads of a given number of bytes, from a rotating offset in a 256 MiB buffer
+// so that they come from memory, like the layers' weights.
+class ReadBuffer {
+ public:
+  ReadBuffer() : buffer_(Tensor::empty({kRotationBytes}, DType::uint8)), sums_(kChunks) {
+    std::memset(buffer_.data(), 1, static_cast<std::size_t>(kRotationBytes));
+  }
+
+  // Reads `bytes` (rounded down to whole 256-byte blocks per chunk) on all threads and returns
+  // the wall-clock seconds.
+  double read(std::int64_t bytes) {
+    const std::int64_t chunk_words = bytes / 8 / kChunks / 32 * 32;
+    const std::int64_t total = chunk_words * 8 * kChunks;
+    if (offset_ + total > kRotationBytes) {
+      offset_ = 0;
+    }
+    const auto* words = buffer_.data_as<const std::uint64_t>() + offset_ / 8;
+    offset_ += total;
+    const auto start = Clock::now();
+    parallel_for(0, kChunks, 1, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t c = begin; c < end; ++c) {
+        sums_[static_cast<std::size_t>(c)] = sum_words(words + c * chunk_words, chunk_words);
+      }
+    });
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    benchmark::DoNotOptimize(sums_.data());
+    return seconds;
+  }
+
+ private:
+  static constexpr std::int64_t kChunks = 8;
+  Tensor buffer_;
+  std::vector<std::uint64_t> sums_;
+  std::int64_t offset_ = 0;
+};
+
 // One layer in the formats compared: the bf16 PackedLinear and, unless `format` is null, the
 // quantised layer built from the same f32 weight.
 struct LayerCopies {
@@ -238,19 +278,30 @@ void run_linear(benchmark::State& state, std::optional<QuantFormat> format) {
   const std::int64_t rows = state.range(0), k = state.range(1), n = state.range(2);
   LayerCopies layers = make_layers(format, rows, k, n);
   const Tensor x = uniform_tensor({rows, k}, DType::bf16, 3);
+  const double weight_bytes =
+      format ? static_cast<double>(layers.quantized_bytes) : 2.0 * static_cast<double>(n * k);
+  // Created on first use, for the benchmarks with M < 64, and kept for the others.
+  static std::optional<ReadBuffer> read_buffer;
+  if (rows < 64 && !read_buffer) {
+    read_buffer.emplace();
+  }
   std::size_t next_bf16 = 0, next_quantized = 0;
   Times bf16_total, quantized_total;
+  double read_total = 0.0;
   for (auto _ : state) {
     const Times bf16 = time_forward(layers.bf16[next_bf16++ % layers.bf16.size()], x);
     bf16_total += bf16;
-    if (!format) {
-      state.SetIterationTime(bf16.wall);
-      continue;
+    double seconds = bf16.wall;
+    if (format) {
+      const Times quantized =
+          time_forward(layers.quantized[next_quantized++ % layers.quantized.size()], x);
+      quantized_total += quantized;
+      seconds = quantized.wall;
     }
-    const Times quantized =
-        time_forward(layers.quantized[next_quantized++ % layers.quantized.size()], x);
-    quantized_total += quantized;
-    state.SetIterationTime(quantized.wall);
+    if (rows < 64) {
+      read_total += read_buffer->read(static_cast<std::int64_t>(weight_bytes));
+    }
+    state.SetIterationTime(seconds);
   }
 
   const double flop = 2.0 * static_cast<double>(rows) * static_cast<double>(k) * n;
@@ -261,11 +312,10 @@ void run_linear(benchmark::State& state, std::optional<QuantFormat> format) {
     state.counters["vs_bf16_cpu"] = quantized_total.cpu / bf16_total.cpu;
   }
   if (rows < 64) {
-    const double weight_bytes =
-        format ? static_cast<double>(layers.quantized_bytes) : 2.0 * static_cast<double>(n * k);
     const double seconds = format ? quantized_total.wall : bf16_total.wall;
     const double rate = weight_bytes * static_cast<double>(state.iterations()) / seconds;
     state.counters["weight_GB/s"] = rate * 1e-9;
+    state.counters["pct_of_read"] = 100.0 * read_total / seconds;
     if (!stream_rates.empty()) {
       state.counters["pct_of_bandwidth"] = 100.0 * rate / measured_bandwidth();
     }
@@ -325,7 +375,7 @@ void register_benchmarks() {
   for (const auto& [name, format] : formats) {
     benchmark::RegisterBenchmark((std::string("Linear") + name).c_str(), run_linear, format)
         ->ArgNames({"M", "K", "N"})
-        ->ArgsProduct({{1, 16, 1024, 4096}, {3072}, {3072, 12288}})
+        ->ArgsProduct({{1, 4, 16, 32, 1024, 4096}, {3072}, {3072, 12288}})
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }

@@ -25,5 +25,9 @@ struct Command {
 Command add_profile_command(CLI::App& parent, const GlobalOptions& global);
 Command add_edit_command(CLI::App& parent, const GlobalOptions& global);
 Command add_run_component_command(CLI::App& parent, const GlobalOptions& global);
+Command add_quantize_command(CLI::App& parent, const GlobalOptions& global);
+Command add_history_command(CLI::App& parent, const GlobalOptions& global);
+Command add_plan_command(CLI::App& parent, const GlobalOptions& global);
+Command add_bench_command(CLI::App& parent, const GlobalOptions& global);
 
 }  // namespace ethereal::cli

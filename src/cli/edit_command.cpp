@@ -10,11 +10,15 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "backends/edit_backend.h"
 #include "cli/command.h"
 #include "io/image_file.h"
 #include "io/model_directory.h"
+#include "memory/size.h"
+#include "memory/strategy.h"
 #include "models/tiny_model.h"
 #include "pipeline/edit_pipeline.h"
+#include "pipeline/lightning.h"
 #include "runtime/allocator.h"
 #include "runtime/error.h"
 #include "runtime/report_json.h"
@@ -37,7 +41,15 @@ struct EditOptions {
   int width = 0;
   int height = 0;
   std::string precision = "bf16";
+  std::string strategy = "auto";
+  std::string mode;
+  std::string memory_limit;
+  std::string config;
+  std::string log_dir;
+  std::vector<std::string> loras;
+  std::string lightning;
   bool json = false;
+  bool steps_given = false;
 };
 
 // One line per stage on standard error; on a terminal the denoising steps share one line.
@@ -65,30 +77,18 @@ std::string model_label(const EditOptions& options) {
   return options.model.empty() ? "tiny default model (random weights)" : options.model;
 }
 
-nlohmann::json result_json(const EditOptions& options, const EditResult& result,
-                           const AllocatorStats& stats) {
-  const ProcessMemory process = read_process_memory();
-  return {{"output", options.output},
-          {"model", model_label(options)},
-          {"width", result.size.width},
-          {"height", result.size.height},
-          {"steps", result.steps},
-          {"cfg_scale", options.cfg_scale},
-          {"seed", options.seed},
-          {"prompt_tokens", result.prompt_tokens},
-          {"image_tokens", result.image_tokens},
-          {"strategy", "fp16_full"},
-          {"fallbacks", nlohmann::json::array()},
-          {"retries", nlohmann::json::array()},
-          {"stage_times_s",
-           {{"text_encoding", result.text_encoding_s},
-            {"vae_encode", result.vae_encode_s},
-            {"denoising", result.denoising_s},
-            {"vae_decode", result.vae_decode_s}}},
-          {"step_times_s", result.step_s},
-          {"peak_allocated_bytes", stats.allocated_bytes.peak},
-          {"peak_reserved_bytes", stats.reserved_bytes.peak},
-          {"peak_resident_bytes", process.peak_resident_bytes}};
+nlohmann::json result_json(const EditOptions& options, const BackendEditResult& edited,
+                           double cfg_scale) {
+  nlohmann::json json = edited.to_json();
+  json["output"] = options.output;
+  json["model"] = model_label(options);
+  json["width"] = edited.report.result.size.width;
+  json["height"] = edited.report.result.size.height;
+  json["cfg_scale"] = cfg_scale;
+  json["seed"] = options.seed;
+  json["loras"] = options.loras;
+  json["lightning"] = options.lightning;
+  return json;
 }
 
 int run_edit(const EditOptions& options) {
@@ -104,46 +104,79 @@ int run_edit(const EditOptions& options) {
   if (options.precision == "f32") {
     precision = ModelPrecision::f32();
   }
-
-  EditRequest request;
-  for (const std::string& path : options.images) {
-    request.images.push_back(read_image(path));
+  BackendOptions backend_options;
+  backend_options.model = options.model;
+  backend_options.pipeline.precision = precision;
+  for (const std::string& lora : options.loras) {
+    backend_options.pipeline.loras.push_back(parse_lora_argument(lora));
   }
-  request.prompt = options.prompt;
-  request.negative_prompt = options.negative_prompt;
-  request.steps = options.steps;
-  request.cfg_scale = options.cfg_scale;
-  request.seed = options.seed;
+  if (!options.config.empty()) {
+    backend_options.config_file = options.config;
+  }
+  if (!options.mode.empty()) {
+    backend_options.mode = memory::parse_mode(options.mode);
+  }
+  if (!options.memory_limit.empty()) {
+    backend_options.memory_limit_bytes = memory::parse_size(options.memory_limit);
+  }
+  if (!options.log_dir.empty()) {
+    backend_options.log_dir = options.log_dir;
+  }
+  if (options.strategy != "auto") {
+    backend_options.first_strategy = options.strategy;
+  }
+
+  BackendEditOptions edit_options;
+  edit_options.negative_prompt = options.negative_prompt;
+  edit_options.steps = options.steps;
+  edit_options.cfg_scale = options.cfg_scale;
+  edit_options.seed = options.seed;
   if (!options.initial_noise.empty()) {
-    request.initial_noise = options.initial_noise;
+    edit_options.initial_noise = options.initial_noise;
   }
   if (options.width > 0) {
-    request.output_size = ImageSize{options.width, options.height};
+    edit_options.output_size = ImageSize{options.width, options.height};
   }
-  validate_edit_request(request);
+  if (!options.lightning.empty()) {
+    EditRequest lightning_request;
+    apply_lightning(
+        lightning_recipe(options.lightning,
+                         options.steps_given ? std::optional<int>(options.steps) : std::nullopt),
+        backend_options.pipeline, lightning_request);
+    edit_options.steps = lightning_request.steps;
+    edit_options.cfg_scale = lightning_request.cfg_scale;
+    edit_options.scheduler = lightning_request.scheduler;
+  }
+  std::vector<Image> images;
+  for (const std::string& path : options.images) {
+    images.push_back(read_image(path));
+  }
 
-  const std::filesystem::path model_path =
-      options.model.empty() ? default_model_directory() : std::filesystem::path(options.model);
-  spdlog::info("settings: model={} images={} steps={} cfg_scale={} seed={} precision={}",
-               model_path.string(), options.images.size(), options.steps, options.cfg_scale,
-               options.seed, options.precision);
-  const EditPipeline pipeline = EditPipeline::load(ModelDirectory::open(model_path), precision);
+  EnhancedImageEditBackend backend(backend_options);
+  spdlog::info(
+      "settings: model={} images={} steps={} cfg_scale={} seed={} precision={} strategy={} "
+      "mode={} loras={}",
+      backend.model_path().string(), options.images.size(), edit_options.steps,
+      edit_options.cfg_scale, options.seed, options.precision, options.strategy,
+      memory::mode_name(backend.config().mode), backend_options.pipeline.loras.size());
 
   ProgressPrinter printer;
-  const EditResult result = pipeline.run(request, {}, std::ref(printer));
+  const BackendEditResult edited =
+      backend.edit(options.prompt, images, edit_options, std::ref(printer));
+  const EditResult& result = edited.report.result;
 
   std::vector<PngTextChunk> metadata = {{"prompt", options.prompt},
                                         {"negative_prompt", options.negative_prompt},
                                         {"seed", std::to_string(options.seed)},
                                         {"steps", std::to_string(result.steps)},
-                                        {"cfg_scale", fmt::format("{}", options.cfg_scale)},
+                                        {"cfg_scale", fmt::format("{}", edit_options.cfg_scale)},
+                                        {"strategy", edited.report.strategy.name},
                                         {"model", model_label(options)},
                                         {"software", std::string("ethereal ") + ETHEREAL_VERSION}};
   write_png(output, result.image, metadata);
 
-  const AllocatorStats stats = current_allocator(Device::cpu()).stats();
   if (options.json) {
-    std::cout << result_json(options, result, stats).dump(2) << "\n";
+    std::cout << result_json(options, edited, edit_options.cfg_scale).dump(2) << "\n";
   } else {
     std::fprintf(stderr, "wrote %s (%dx%d)\n", options.output.c_str(), result.size.width,
                  result.size.height);
@@ -186,11 +219,33 @@ Command add_edit_command(CLI::App& parent, const GlobalOptions& global) {
                   "Weight and activation dtype: bf16, or f32 for reference comparisons")
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
+  app->add_option("--strategy", options->strategy,
+                  "auto (plan every candidate and pick by --mode), or a strategy to try first: "
+                  "fp16_full, fp8_optimized, nf4_quantized, cpu_offload, sequential_offload, or "
+                  "FORMAT+PLACEMENT such as int8+model_offload")
+      ->capture_default_str();
+  app->add_option("--mode", options->mode,
+                  "How candidates that fit are ranked: adaptive, performance, memory, quality "
+                  "(default from the configuration: adaptive)");
+  app->add_option("--memory-limit", options->memory_limit,
+                  "Cap on the memory the engine may reserve, e.g. 8GiB, 512MiB or bytes");
+  app->add_option("--config", options->config, "YAML configuration file");
+  app->add_option("--log-dir", options->log_dir,
+                  "Folder for the memory log, event stream and timeline (default from the "
+                  "configuration: ~/.cache/ethereal/logs)");
+  app->add_option("--lora", options->loras,
+                  "LoRA file, optionally with a strength as FILE:SCALE; repeat for several");
+  app->add_option("--lightning", options->lightning,
+                  "Lightning LoRA file: applies it with its recipe (4 or 8 steps from the file "
+                  "name unless --steps is given, CFG 1, constant shift-3 schedule)");
   app->add_flag("--json", options->json,
                 "Print the result as one JSON document on standard output");
   Command command;
   command.app = app;
-  command.run = [options]() { return run_edit(*options); };
+  command.run = [options, app]() {
+    options->steps_given = app->count("--steps") > 0;
+    return run_edit(*options);
+  };
   return command;
 }
 

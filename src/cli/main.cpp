@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/command.h"
+#include "memory/manager.h"
 #include "runtime/error.h"
 #include "runtime/parallel.h"
 
@@ -45,6 +46,10 @@ int main(int argc, char** argv) {
   commands.push_back(ethereal::cli::add_edit_command(app, global));
   commands.push_back(ethereal::cli::add_profile_command(app, global));
   commands.push_back(ethereal::cli::add_run_component_command(app, global));
+  commands.push_back(ethereal::cli::add_quantize_command(app, global));
+  commands.push_back(ethereal::cli::add_history_command(app, global));
+  commands.push_back(ethereal::cli::add_plan_command(app, global));
+  commands.push_back(ethereal::cli::add_bench_command(app, global));
 
   try {
     app.parse(argc, argv);
@@ -71,6 +76,9 @@ int main(int argc, char** argv) {
       spdlog::error("{}", e.what());
       return kExitInvalidInput;
     } catch (const ethereal::OutOfMemoryError& e) {
+      spdlog::error("{}", e.what());
+      return kExitOutOfMemory;
+    } catch (const ethereal::memory::MemoryExhaustedError& e) {
       spdlog::error("{}", e.what());
       return kExitOutOfMemory;
     } catch (const std::bad_alloc&) {

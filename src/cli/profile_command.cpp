@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "memory/profiler.h"
 #include "runtime/allocator.h"
 #include "runtime/hardware.h"
 #include "runtime/report_json.h"
@@ -103,6 +104,7 @@ Command add_profile_command(CLI::App& parent, const GlobalOptions& global) {
       const std::size_t capacity = allocator.capacity();
       document["device_allocator"]["capacity_bytes"] =
           capacity == kUnlimitedCapacity ? nlohmann::json(nullptr) : nlohmann::json(capacity);
+      document["memory_snapshot"] = memory::MemoryProfiler().take_snapshot().to_json();
       std::cout << document.dump(2) << "\n";
     } else {
       print_text(hardware, stats);

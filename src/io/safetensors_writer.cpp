@@ -39,6 +39,8 @@ class TemporaryFile {
 
   // Appends bytes through a buffer.
   void write(std::span<const std::byte> bytes);
+  // Appends `count` zero bytes as a hole: moves the file offset without writing.
+  void skip(std::uint64_t count);
   // Writes out the buffer, fsyncs and closes the file. Call before commit().
   void finish();
   // Renames the finished file over the target.
@@ -54,6 +56,9 @@ class TemporaryFile {
   fs::path temporary_;
   int fd_ = -1;
   std::vector<std::byte> buffer_;
+  // Bytes appended so far, holes included. finish() sets the file size to it, which extends a
+  // file that ends in a hole.
+  std::uint64_t size_ = 0;
   bool committed_ = false;
 };
 
@@ -112,6 +117,7 @@ void TemporaryFile::write_fully(std::span<const std::byte> bytes) {
 }
 
 void TemporaryFile::write(std::span<const std::byte> bytes) {
+  size_ += bytes.size();
   if (buffer_.size() + bytes.size() > kWriteBufferBytes) {
     write_fully(buffer_);
     buffer_.clear();
@@ -123,9 +129,26 @@ void TemporaryFile::write(std::span<const std::byte> bytes) {
   }
 }
 
+void TemporaryFile::skip(std::uint64_t count) {
+  if (count == 0) {
+    return;
+  }
+  write_fully(buffer_);
+  buffer_.clear();
+  if (count > static_cast<std::uint64_t>(std::numeric_limits<off_t>::max()) ||
+      ::lseek(fd_, static_cast<off_t>(count), SEEK_CUR) < 0) {
+    fail("seek in", errno);
+  }
+  size_ += count;
+}
+
 void TemporaryFile::finish() {
   write_fully(buffer_);
   buffer_.clear();
+  // A hole at the end is not part of the file until the size covers it.
+  if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) {
+    fail("extend", errno);
+  }
   if (::fsync(fd_) != 0) {
     fail("fsync", errno);
   }
@@ -167,6 +190,18 @@ class CountingSink final : public TensorDataSink {
     }
     file_.write(bytes);
     written_bytes_ += bytes.size();
+  }
+
+  void write_zeros(std::uint64_t count) override {
+    if (count > expected_bytes_ - written_bytes_) {
+      throw InvalidInputError(fmt::format(
+          "{}: tensor \"{}\": the data writer produced more than the {} bytes of shape {} with "
+          "dtype {}",
+          file_.target().string(), entry_.name, expected_bytes_, shape_str(entry_.shape),
+          dtype_name(entry_.dtype)));
+    }
+    file_.skip(count);
+    written_bytes_ += count;
   }
 
   void check_complete() const {
@@ -306,6 +341,17 @@ std::vector<std::vector<SizedEntry>> split_into_shards(const std::vector<SizedEn
 
 }  // namespace
 
+void TensorDataSink::write_zeros(std::uint64_t count) {
+  const std::vector<std::byte> zeros(
+      static_cast<std::size_t>(std::min<std::uint64_t>(count, kWriteBufferBytes)));
+  while (count > 0) {
+    const std::size_t chunk =
+        static_cast<std::size_t>(std::min<std::uint64_t>(count, zeros.size()));
+    write(std::span(zeros.data(), chunk));
+    count -= chunk;
+  }
+}
+
 SafetensorsEntry safetensors_entry(std::string name, Tensor tensor) {
   if (!tensor.defined() || tensor.is_dry() || !tensor.device().is_cpu()) {
     throw InvalidInputError(fmt::format(
@@ -323,6 +369,17 @@ SafetensorsEntry safetensors_entry(std::string name, Tensor tensor) {
     const Tensor contiguous = tensor.contiguous();
     const auto* data = static_cast<const std::byte*>(contiguous.data());
     sink.write(std::span(data, contiguous.nbytes()));
+  };
+  return entry;
+}
+
+SafetensorsEntry zero_safetensors_entry(std::string name, DType dtype, Shape shape) {
+  SafetensorsEntry entry;
+  entry.name = std::move(name);
+  entry.dtype = dtype;
+  entry.shape = std::move(shape);
+  entry.write_data = [dtype, shape = entry.shape](TensorDataSink& sink) {
+    sink.write_zeros(dtype_bytes(dtype, static_cast<std::size_t>(shape_numel(shape))));
   };
   return entry;
 }

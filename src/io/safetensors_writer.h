@@ -35,6 +35,10 @@ class TensorDataSink {
   virtual ~TensorDataSink() = default;
   // Appends bytes. Throws InvalidInputError when the tensor's declared size would be exceeded.
   virtual void write(std::span<const std::byte> bytes) = 0;
+  // Appends `count` zero bytes, with the same size check as write(). The file writers leave
+  // them as a hole (the file offset moves on, nothing is written), so on file systems with
+  // sparse files they take no disk blocks. This default writes them through write().
+  virtual void write_zeros(std::uint64_t count);
 };
 
 // One tensor to write: its header fields and a callback that produces its bytes.
@@ -52,6 +56,11 @@ struct SafetensorsEntry {
 // strides and any dtype except packed4. A non-contiguous tensor is copied to contiguous memory
 // while it is written.
 SafetensorsEntry safetensors_entry(std::string name, Tensor tensor);
+
+// Returns an entry of `dtype` and `shape` whose bytes are all zero, written with
+// TensorDataSink::write_zeros. A checkpoint of such entries has its real size but only its
+// header takes disk space: a stand-in for weights when only shapes matter (dry runs).
+SafetensorsEntry zero_safetensors_entry(std::string name, DType dtype, Shape shape);
 
 // Writes one safetensors file. Names must be unique, non-empty and not "__metadata__".
 // Throws InvalidInputError for invalid entries or an unusable target path, IoError when

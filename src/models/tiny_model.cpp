@@ -1,17 +1,13 @@
 #include "models/tiny_model.h"
 
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdlib>
-#include <fstream>
 #include <random>
 
 #include <fmt/format.h>
 
 #include "io/safetensors_writer.h"
-#include "models/tokenizer/tiny_vocabulary.h"
-#include "models/tokenizer/tokenizer_files.h"
+#include "models/model_directory_writer.h"
 #include "runtime/error.h"
 
 namespace ethereal {
@@ -55,14 +51,6 @@ void add_vae_mid_block(std::vector<TensorSpec>& specs, const std::string& prefix
   add_vae_resnet(specs, prefix + ".resnets.1", channels, channels);
 }
 
-void write_json(const fs::path& path, const nlohmann::json& document) {
-  std::ofstream out(path);
-  out << document.dump(2) << "\n";
-  if (!out) {
-    throw IoError("cannot write " + path.string());
-  }
-}
-
 // Seeded bf16 weights: norm scales are 1, biases small, other tensors scaled by 1/sqrt(fan_in)
 // so activations keep roughly unit size through the layers.
 Tensor seeded_tensor(const TensorSpec& spec, std::mt19937_64& generator) {
@@ -95,16 +83,6 @@ void write_weights(const fs::path& path, const std::vector<TensorSpec>& specs,
   }
   write_safetensors(path, tensors, {{"format", "pt"}});
 }
-
-// Text the tiny vocabulary learns its merges from: the prompt template and common words.
-constexpr std::string_view kVocabularySample =
-    "Describe the key features of the input image (color, shape, size, texture, objects, "
-    "background), then explain how the user's text instruction should alter or modify the "
-    "image. Generate a new image that meets the user's requirements while maintaining "
-    "consistency with the original input where appropriate. Picture 1: Picture 2: Picture 3: "
-    "system user assistant Make the sky blue and add a red hat to the cat. Turn the photo into "
-    "a watercolor painting, remove the background, replace the text with a sign that says "
-    "hello. The dog is sitting on the grass next to a tree in the sunny park.";
 
 nlohmann::json transformer_config(std::int64_t joint_dim) {
   return {{"_class_name", "QwenImageTransformer2DModel"},
@@ -379,60 +357,39 @@ std::vector<TensorSpec> text_encoder_tensor_specs(const nlohmann::json& config) 
 }
 
 void write_tiny_model(const fs::path& directory, std::uint64_t seed) {
-  if (fs::exists(directory)) {
-    throw InvalidInputError(directory.string() +
-                            " already exists; the tiny model is written "
-                            "only into a new folder");
-  }
-  const fs::path staging = directory.parent_path() /
-                           (directory.filename().string() + ".tmp." + std::to_string(::getpid()));
-  fs::remove_all(staging);
-  try {
-    for (const char* folder :
-         {"transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler"}) {
-      fs::create_directories(staging / folder);
-    }
-
-    // 256 byte symbols + 362 merges, then the 22 added tokens of Qwen2.5-VL.
-    BpeVocabulary vocabulary = build_tiny_bpe_vocabulary(kVocabularySample, 362);
-    write_tokenizer_json(vocabulary, staging / "tokenizer" / "tokenizer.json");
-    const std::int64_t vocab_size = (vocabulary.added_tokens.back().id + 1 + 63) / 64 * 64;
-    const nlohmann::json text_config = text_encoder_config(
-        vocab_size, added_token_id(vocabulary, "<|image_pad|>"),
-        added_token_id(vocabulary, "<|video_pad|>"), added_token_id(vocabulary, "<|vision_start|>"),
-        added_token_id(vocabulary, "<|vision_end|>"));
-    const nlohmann::json dit_config = transformer_config(text_config.at("hidden_size"));
-    const nlohmann::json autoencoder_config = vae_config();
-
-    write_json(staging / "model_index.json",
-               {{"_class_name", "QwenImageEditPlusPipeline"},
-                {"_name_or_path", "ethereal/tiny-qwen-image-edit"},
-                {"ethereal_tiny_model_version", kTinyModelVersion},
-                {"processor", {"transformers", "Qwen2VLProcessor"}},
-                {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
-                {"text_encoder", {"transformers", "Qwen2_5_VLForConditionalGeneration"}},
-                {"tokenizer", {"transformers", "Qwen2Tokenizer"}},
-                {"transformer", {"diffusers", "QwenImageTransformer2DModel"}},
-                {"vae", {"diffusers", "AutoencoderKLQwenImage"}}});
-    write_json(staging / "transformer" / "config.json", dit_config);
-    write_json(staging / "vae" / "config.json", autoencoder_config);
-    write_json(staging / "text_encoder" / "config.json", text_config);
-    write_json(staging / "scheduler" / "scheduler_config.json", scheduler_config());
-    write_json(staging / "processor" / "preprocessor_config.json", processor_config());
-
+  ModelDirectoryFiles files;
+  // 256 byte symbols + 362 merges, then the 22 added tokens of Qwen2.5-VL.
+  files.vocabulary = generated_model_vocabulary(std::nullopt);
+  const BpeVocabulary& vocabulary = files.vocabulary;
+  const std::int64_t vocab_size = (vocabulary.added_tokens.back().id + 1 + 63) / 64 * 64;
+  files.text_encoder_config = text_encoder_config(
+      vocab_size, added_token_id(vocabulary, "<|image_pad|>"),
+      added_token_id(vocabulary, "<|video_pad|>"), added_token_id(vocabulary, "<|vision_start|>"),
+      added_token_id(vocabulary, "<|vision_end|>"));
+  files.transformer_config = transformer_config(files.text_encoder_config.at("hidden_size"));
+  files.vae_config = vae_config();
+  files.scheduler_config = scheduler_config();
+  files.processor_config = processor_config();
+  files.model_index = {{"_class_name", "QwenImageEditPlusPipeline"},
+                       {"_name_or_path", "ethereal/tiny-qwen-image-edit"},
+                       {"ethereal_tiny_model_version", kTinyModelVersion},
+                       {"processor", {"transformers", "Qwen2VLProcessor"}},
+                       {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
+                       {"text_encoder", {"transformers", "Qwen2_5_VLForConditionalGeneration"}},
+                       {"tokenizer", {"transformers", "Qwen2Tokenizer"}},
+                       {"transformer", {"diffusers", "QwenImageTransformer2DModel"}},
+                       {"vae", {"diffusers", "AutoencoderKLQwenImage"}}};
+  files.write_weights = [transformer = files.transformer_config, vae = files.vae_config,
+                         text_encoder = files.text_encoder_config, seed](const fs::path& folder) {
     std::mt19937_64 generator(seed);
-    write_weights(staging / "transformer" / "diffusion_pytorch_model.safetensors",
-                  transformer_tensor_specs(dit_config), generator);
-    write_weights(staging / "vae" / "diffusion_pytorch_model.safetensors",
-                  vae_tensor_specs(autoencoder_config), generator);
-    write_weights(staging / "text_encoder" / "model.safetensors",
-                  text_encoder_tensor_specs(text_config), generator);
-    fs::rename(staging, directory);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+    write_weights(folder / "transformer" / "diffusion_pytorch_model.safetensors",
+                  transformer_tensor_specs(transformer), generator);
+    write_weights(folder / "vae" / "diffusion_pytorch_model.safetensors", vae_tensor_specs(vae),
+                  generator);
+    write_weights(folder / "text_encoder" / "model.safetensors",
+                  text_encoder_tensor_specs(text_encoder), generator);
+  };
+  write_model_directory(directory, files, "the tiny model");
 }
 
 fs::path default_model_directory() {

@@ -22,6 +22,7 @@
 #include "pipeline/latents.h"
 #include "pipeline/prompt.h"
 #include "pipeline/scheduler.h"
+#include "runtime/allocator.h"
 #include "runtime/error.h"
 
 namespace ethereal {
@@ -92,22 +93,36 @@ Image tensor_to_image(const Tensor& decoded) {
 
 }  // namespace
 
+// The text encoder's two parts, loaded and released together.
+struct TextEncoderWeights {
+  Qwen25VlVisionTower vision;
+  Qwen25VlLanguageModel language_model;
+};
+
 struct EditPipeline::Components {
   ModelPrecision precision;
+  PipelineLoadOptions options;
+  std::unique_ptr<LoraSet> loras;
   std::unique_ptr<BpeTokenizer> tokenizer;
   Qwen2VlImageProcessorConfig processor;
   Qwen25VlConfig text_config;
-  std::unique_ptr<Qwen25VlVisionTower> vision;
-  std::unique_ptr<Qwen25VlLanguageModel> language_model;
-  std::unique_ptr<QwenImageTransformer> transformer;
-  std::unique_ptr<QwenImageVae> vae;
   FlowMatchSchedulerConfig scheduler;
+  std::shared_ptr<const ResidencyObserver> observer;
+  // Each component with its placement. With the resident placement both VAE entries are one
+  // kept full VAE; otherwise the encode stage loads only the encoder and the decode stage only
+  // the decoder.
+  std::unique_ptr<ComponentResidency<TextEncoderWeights>> text_encoder;
+  std::unique_ptr<ComponentResidency<QwenImageTransformer>> transformer;
+  std::shared_ptr<ComponentResidency<QwenImageVae>> vae_encoder;
+  std::shared_ptr<ComponentResidency<QwenImageVae>> vae_decoder;
 
   PreparedImage prepare(const Image& input) const;
-  Tensor vision_embeddings(const std::vector<PreparedImage>& images) const;
+  Tensor vision_embeddings(const TextEncoderWeights& encoder,
+                           const std::vector<PreparedImage>& images) const;
   // Text-encoder hidden states [S_txt, hidden] without the system-prompt tokens.
-  Tensor encode_prompt(const std::string& prompt, const std::vector<PreparedImage>& images,
-                       const Tensor& vision_embeddings, const Qwen25VlOptions& options) const;
+  Tensor encode_prompt(const TextEncoderWeights& encoder, const std::string& prompt,
+                       const std::vector<PreparedImage>& images, const Tensor& vision_embeddings,
+                       const Qwen25VlOptions& options) const;
   Tensor read_initial_noise(const std::filesystem::path& path, const Shape& shape) const;
 };
 
@@ -117,45 +132,206 @@ EditPipeline::EditPipeline(EditPipeline&&) noexcept = default;
 EditPipeline& EditPipeline::operator=(EditPipeline&&) noexcept = default;
 EditPipeline::~EditPipeline() = default;
 
+std::string_view placement_name(Placement placement) {
+  switch (placement) {
+    case Placement::resident: return "resident";
+    case Placement::model_offload: return "model_offload";
+    case Placement::sequential_offload: return "sequential_offload";
+  }
+  return "unknown";
+}
+
+Placement parse_placement(std::string_view name) {
+  for (Placement placement :
+       {Placement::resident, Placement::model_offload, Placement::sequential_offload}) {
+    if (placement_name(placement) == name) {
+      return placement;
+    }
+  }
+  throw InvalidInputError(fmt::format(
+      "unknown placement \"{}\"; use resident, model_offload or sequential_offload", name));
+}
+
 EditPipeline EditPipeline::load(const ModelDirectory& model, ModelPrecision precision) {
+  PipelineLoadOptions options;
+  options.precision = precision;
+  return load(model, options);
+}
+
+namespace {
+
+// Paths, configurations and options that the component loaders read after load() returns.
+struct ComponentSources {
+  ModelDirectory model;
+  ModelPrecision precision;
+  WeightLoadOptions text_encoder_weights;
+  WeightLoadOptions transformer_weights;
+  Qwen25VlConfig text_config;
+  QwenImageTransformerConfig transformer_config;
+  int kept_blocks = 2;
+  std::shared_ptr<const ResidencyObserver> observer;
+  // sequential_offload: the transformer checkpoint, kept open, and where its blocks stream from.
+  std::shared_ptr<const SafetensorsCheckpoint> transformer_checkpoint;
+  std::shared_ptr<TransformerBlockSource> block_source;
+
+  TextEncoderWeights load_text_encoder() const {
+    const SafetensorsCheckpoint checkpoint = model.open_weights(ModelComponent::text_encoder);
+    WeightLoader loader(checkpoint, qwen25vl_tensor_name_map(detect_qwen25vl_layout(checkpoint)),
+                        "text encoder", text_encoder_weights);
+    TextEncoderWeights encoder{
+        Qwen25VlVisionTower::load(loader, text_config.vision, precision),
+        Qwen25VlLanguageModel::load(loader, text_config, precision),
+    };
+    loader.finish();
+    return encoder;
+  }
+
+  QwenImageTransformer load_transformer() const {
+    const SafetensorsCheckpoint checkpoint = model.open_weights(ModelComponent::transformer);
+    return QwenImageTransformer::load(checkpoint, transformer_config, precision,
+                                      comfy_transformer_tensor_name, transformer_weights);
+  }
+
+  // Top-level weights only; the blocks stay in their home tier and stream during forward.
+  QwenImageTransformer load_streamed_transformer() const {
+    TransformerStreamingOptions streaming;
+    streaming.kept_blocks = kept_blocks;
+    streaming.observer = observer;
+    return QwenImageTransformer::load_streamed(transformer_checkpoint, transformer_config,
+                                               precision, comfy_transformer_tensor_name,
+                                               transformer_weights, streaming, block_source);
+  }
+
+  // Opens the transformer checkpoint for streaming and picks the blocks' home: the checkpoint,
+  // or the block cache (written now when missing). A cache that cannot be written (a full
+  // disk, for example) is logged and the blocks stream from the checkpoint.
+  void prepare_streaming(const PipelineLoadOptions& options) {
+    transformer_checkpoint = std::make_shared<const SafetensorsCheckpoint>(
+        model.open_weights(ModelComponent::transformer));
+    const bool use_cache =
+        options.block_cache == BlockCachePolicy::always ||
+        (options.block_cache == BlockCachePolicy::automatic &&
+         blocks_change_format(*transformer_checkpoint, comfy_transformer_tensor_name,
+                              transformer_weights, transformer_config));
+    if (use_cache) {
+      const std::filesystem::path directory = options.block_cache_directory.empty()
+                                                  ? default_block_cache_directory()
+                                                  : options.block_cache_directory;
+      try {
+        block_source = TransformerBlockCache::open(
+            transformer_checkpoint, comfy_transformer_tensor_name, transformer_weights,
+            transformer_config, precision, directory);
+        return;
+      } catch (const IoError& error) {
+        spdlog::warn(
+            "cannot write the transformer block cache in {}; streaming the blocks from "
+            "the checkpoint instead: {}",
+            directory.string(), error.what());
+      }
+    }
+    block_source = std::make_shared<CheckpointBlockSource>(
+        transformer_checkpoint, comfy_transformer_tensor_name, transformer_weights,
+        transformer_config, precision);
+  }
+
+  QwenImageVae load_vae(VaeParts parts) const {
+    return QwenImageVae::load_directory(model.folder(ModelComponent::vae), precision, parts);
+  }
+};
+
+// Runs `load` against a dry-run allocator: every tensor name, shape and dtype is checked
+// against the checkpoint headers without reading or keeping any weight.
+template <typename Load>
+void check_in_dry_run(const Load& load) {
+  CpuCachingAllocator dry_allocator(CpuCachingAllocator::Options{.dry_run = true});
+  const ScopedAllocator scope(dry_allocator);
+  (void)load();
+}
+
+}  // namespace
+
+EditPipeline EditPipeline::load(const ModelDirectory& model, const PipelineLoadOptions& options) {
+  if (options.kept_blocks < 1) {
+    throw InvalidInputError(fmt::format(
+        "kept_blocks must be at least 1 (the block that computes), got {}", options.kept_blocks));
+  }
   auto c = std::make_unique<Components>();
+  const ModelPrecision precision = options.precision;
   c->precision = precision;
+  c->options = options;
+  c->observer = std::make_shared<const ResidencyObserver>(options.on_residency_event);
+  if (!options.loras.empty()) {
+    c->loras = std::make_unique<LoraSet>(LoraSet::read(options.loras));
+  }
   c->tokenizer = std::make_unique<BpeTokenizer>(
       BpeTokenizer::from_directory(model.folder(ModelComponent::tokenizer)));
   if (auto path = model.config_path(ModelComponent::processor)) {
     c->processor = Qwen2VlImageProcessorConfig::from_file(*path);
   }
   c->scheduler = FlowMatchSchedulerConfig::from_file(*model.config_path(ModelComponent::scheduler));
-
   c->text_config = Qwen25VlConfig::from_file(*model.config_path(ModelComponent::text_encoder));
-  {
-    const SafetensorsCheckpoint checkpoint = model.open_weights(ModelComponent::text_encoder);
-    WeightLoader loader(checkpoint, qwen25vl_tensor_name_map(detect_qwen25vl_layout(checkpoint)),
-                        "text encoder");
-    c->vision = std::make_unique<Qwen25VlVisionTower>(
-        Qwen25VlVisionTower::load(loader, c->text_config.vision, precision));
-    c->language_model = std::make_unique<Qwen25VlLanguageModel>(
-        Qwen25VlLanguageModel::load(loader, c->text_config, precision));
-    loader.finish();
-  }
 
+  auto sources = std::make_shared<ComponentSources>(ComponentSources{
+      .model = model,
+      .precision = precision,
+      .text_encoder_weights = {},
+      .transformer_weights = {},
+      .text_config = c->text_config,
+      .transformer_config =
+          QwenImageTransformerConfig::from_file(*model.config_path(ModelComponent::transformer)),
+      .kept_blocks = options.kept_blocks,
+      .observer = c->observer,
+  });
+  sources->text_encoder_weights.quant = options.quant;
+  sources->text_encoder_weights.lora_at_run_time = options.lora_at_run_time;
+  sources->transformer_weights = sources->text_encoder_weights;
   {
     const SafetensorsCheckpoint checkpoint = model.open_weights(ModelComponent::transformer);
-    QwenImageTransformerConfig config =
-        QwenImageTransformerConfig::from_file(*model.config_path(ModelComponent::transformer));
+    QwenImageTransformerConfig& config = sources->transformer_config;
     config.zero_cond_t = config.zero_cond_t || checkpoint_sets_zero_cond_t(checkpoint);
-    c->transformer = std::make_unique<QwenImageTransformer>(
-        QwenImageTransformer::load(checkpoint, config, precision, comfy_transformer_tensor_name));
+    if (c->loras) {
+      const WeightLoader probe(checkpoint, comfy_transformer_tensor_name, "transformer");
+      c->loras->check([&](std::string_view module) { return probe.linear_shape(module); });
+      sources->transformer_weights.lora = c->loras.get();
+    }
   }
-  c->vae = std::make_unique<QwenImageVae>(
-      QwenImageVae::load_directory(model.folder(ModelComponent::vae), precision));
-
-  if (c->transformer->config().joint_attention_dim != c->text_config.text.hidden_size) {
+  if (sources->transformer_config.joint_attention_dim != c->text_config.text.hidden_size) {
     throw InvalidInputError(fmt::format(
         "{}: the transformer's joint_attention_dim ({}) differs from the text encoder's "
         "hidden_size ({}); the components come from different models",
-        model.root().string(), c->transformer->config().joint_attention_dim,
+        model.root().string(), sources->transformer_config.joint_attention_dim,
         c->text_config.text.hidden_size));
+  }
+
+  const bool resident = options.placement == Placement::resident;
+  if (!resident) {
+    // Offloaded components are read during edits, so their files are checked now.
+    check_in_dry_run([&] { return sources->load_text_encoder(); });
+    check_in_dry_run([&] { return sources->load_transformer(); });
+    check_in_dry_run([&] { return sources->load_vae({}); });
+  }
+  c->text_encoder = std::make_unique<ComponentResidency<TextEncoderWeights>>(
+      "text_encoder", [sources] { return sources->load_text_encoder(); }, resident, c->observer);
+  if (options.placement == Placement::sequential_offload) {
+    sources->prepare_streaming(options);
+    c->transformer = std::make_unique<ComponentResidency<QwenImageTransformer>>(
+        "transformer", [sources] { return sources->load_streamed_transformer(); },
+        /*keep_loaded=*/false, c->observer);
+  } else {
+    c->transformer = std::make_unique<ComponentResidency<QwenImageTransformer>>(
+        "transformer", [sources] { return sources->load_transformer(); }, resident, c->observer);
+  }
+  if (resident) {
+    c->vae_encoder = std::make_shared<ComponentResidency<QwenImageVae>>(
+        "vae", [sources] { return sources->load_vae({}); }, /*keep_loaded=*/true, c->observer);
+    c->vae_decoder = c->vae_encoder;
+  } else {
+    c->vae_encoder = std::make_shared<ComponentResidency<QwenImageVae>>(
+        "vae", [sources] { return sources->load_vae({.encoder = true, .decoder = false}); },
+        /*keep_loaded=*/false, c->observer);
+    c->vae_decoder = std::make_shared<ComponentResidency<QwenImageVae>>(
+        "vae", [sources] { return sources->load_vae({.encoder = false, .decoder = true}); },
+        /*keep_loaded=*/false, c->observer);
   }
   return EditPipeline(std::move(c));
 }
@@ -175,17 +351,19 @@ PreparedImage EditPipeline::Components::prepare(const Image& input) const {
   return prepared;
 }
 
-Tensor EditPipeline::Components::vision_embeddings(const std::vector<PreparedImage>& images) const {
+Tensor EditPipeline::Components::vision_embeddings(const TextEncoderWeights& encoder,
+                                                   const std::vector<PreparedImage>& images) const {
   std::vector<Tensor> rows;
   std::vector<ImageGrid> grids;
   for (const PreparedImage& image : images) {
     rows.push_back(image.vision.pixel_rows);
     grids.push_back(image.vision.grid);
   }
-  return vision->forward(cpu::concat(rows, 0), grids);
+  return encoder.vision.forward(cpu::concat(rows, 0), grids);
 }
 
-Tensor EditPipeline::Components::encode_prompt(const std::string& prompt,
+Tensor EditPipeline::Components::encode_prompt(const TextEncoderWeights& encoder,
+                                               const std::string& prompt,
                                                const std::vector<PreparedImage>& images,
                                                const Tensor& vision_embeds,
                                                const Qwen25VlOptions& options) const {
@@ -199,8 +377,8 @@ Tensor EditPipeline::Components::encode_prompt(const std::string& prompt,
   const std::vector<std::int64_t> ids(encoded.input_ids.begin(), encoded.input_ids.end());
   const Tensor positions = mrope_position_ids(ids, grids, text_config);
   // [S, hidden] -> [S - drop, hidden]
-  const Tensor hidden =
-      language_model->forward(language_model->embed(ids, vision_embeds), positions, options);
+  const Tensor hidden = encoder.language_model.forward(
+      encoder.language_model.embed(ids, vision_embeds), positions, options);
   return hidden.narrow(0, encoded.drop_tokens, hidden.size(0) - encoded.drop_tokens).contiguous();
 }
 
@@ -292,10 +470,12 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
   Tensor cond_text;
   Tensor uncond_text;
   {
-    const Tensor vision_embeds = c.vision_embeddings(images);
-    cond_text = c.encode_prompt(request.prompt, images, vision_embeds, text_options);
+    const ResidentHandle<TextEncoderWeights> encoder = c.text_encoder->acquire();
+    const Tensor vision_embeds = c.vision_embeddings(*encoder, images);
+    cond_text = c.encode_prompt(*encoder, request.prompt, images, vision_embeds, text_options);
     if (use_cfg) {
-      uncond_text = c.encode_prompt(request.negative_prompt, images, vision_embeds, text_options);
+      uncond_text =
+          c.encode_prompt(*encoder, request.negative_prompt, images, vision_embeds, text_options);
     }
   }
   result.prompt_tokens = cond_text.size(0);
@@ -309,12 +489,15 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
   vae_options.attention_query_tile = memory.attention_query_tile;
   std::vector<PatchGrid> img_shapes = {{1, latent_h / 2, latent_w / 2}};
   std::vector<Tensor> reference_tokens;
-  for (PreparedImage& image : images) {
-    const Tensor mean = c.vae->encode(image.vae_input.to(dtype), vae_options);
-    image.vae_input = Tensor();
-    const Tensor normalized = c.vae->normalize_latents(mean);
-    reference_tokens.push_back(pack_latents(normalized).select(0, 0));
-    img_shapes.push_back({1, normalized.size(2) / 2, normalized.size(3) / 2});
+  {
+    const ResidentHandle<QwenImageVae> vae = c.vae_encoder->acquire();
+    for (PreparedImage& image : images) {
+      const Tensor mean = vae->encode(image.vae_input.to(dtype), vae_options);
+      image.vae_input = Tensor();
+      const Tensor normalized = vae->normalize_latents(mean);
+      reference_tokens.push_back(pack_latents(normalized).select(0, 0));
+      img_shapes.push_back({1, normalized.size(2) / 2, normalized.size(3) / 2});
+    }
   }
   const Tensor references = cpu::concat(reference_tokens, 0).to(dtype);
   reference_tokens.clear();
@@ -330,13 +513,19 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
   const std::int64_t target_tokens = latents.size(0);
   result.image_tokens = target_tokens + references.size(0);
 
-  FlowMatchEulerScheduler scheduler(c.scheduler);
+  FlowMatchEulerScheduler scheduler(request.scheduler ? *request.scheduler : c.scheduler);
   scheduler.set_timesteps(request.steps, static_cast<int>(target_tokens), request.sigmas);
   result.steps = scheduler.steps();
 
+  // The transformer is on the device for the whole stage. Streamed blocks flow through one
+  // stream across all steps and both CFG branches, declared after the transformer so that it
+  // is closed first.
+  start = Clock::now();
+  ResidentHandle<QwenImageTransformer> transformer = c.transformer->acquire();
+  TransformerBlockStream block_stream = transformer->open_block_stream();
   TransformerForwardOptions transformer_options;
   transformer_options.attention_query_tile = memory.attention_query_tile;
-  start = Clock::now();
+  transformer_options.block_stream = &block_stream;
   for (int i = 0; i < scheduler.steps(); ++i) {
     const auto step_start = Clock::now();
     const double sigma = scheduler.timesteps()[static_cast<std::size_t>(i)] / 1000.0;
@@ -349,7 +538,7 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
       inputs.sigma = sigma;
       inputs.img_shapes = img_shapes;
       // Only the target tokens' velocity is used: [target, 64].
-      return c.transformer->forward(inputs, transformer_options)
+      return transformer->forward(inputs, transformer_options)
           .narrow(0, 0, target_tokens)
           .contiguous();
     };
@@ -359,6 +548,12 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
           guided_velocity(velocity, predict(uncond_text), static_cast<float>(request.cfg_scale));
     }
     latents = scheduler.step(velocity, i, latents);
+    if (i + 1 == scheduler.steps()) {
+      // The stage ends with its last step: the stream (and the blocks it loaded ahead) and the
+      // transformer are released before that step is reported.
+      block_stream = TransformerBlockStream();
+      transformer.release();
+    }
     result.step_s.push_back(seconds_since(step_start));
     report("denoising", i + 1, scheduler.steps(), result.step_s.back());
   }
@@ -368,8 +563,11 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
   start = Clock::now();
   const Tensor unpacked = unpack_latents(latents.unsqueeze(0), latent_h, latent_w);
   latents = Tensor();
-  const Tensor decoded = c.vae->decode(c.vae->denormalize_latents(unpacked), vae_options);
-  result.image = tensor_to_image(decoded);
+  {
+    const ResidentHandle<QwenImageVae> vae = c.vae_decoder->acquire();
+    const Tensor decoded = vae->decode(vae->denormalize_latents(unpacked), vae_options);
+    result.image = tensor_to_image(decoded);
+  }
   result.vae_decode_s = seconds_since(start);
   report("vae_decode", 0, 0, result.vae_decode_s);
   return result;

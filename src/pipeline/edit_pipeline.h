@@ -23,8 +23,13 @@
 
 #include "io/image.h"
 #include "io/model_directory.h"
+#include "models/lora/lora.h"
 #include "models/model_precision.h"
+#include "models/qwen_image/transformer_block_cache.h"
 #include "pipeline/geometry.h"
+#include "pipeline/scheduler.h"
+#include "quant/quant_policy.h"
+#include "runtime/residency.h"
 
 namespace ethereal {
 
@@ -40,6 +45,50 @@ struct EditRequest {
   std::optional<std::filesystem::path> initial_noise;
   std::optional<ImageSize> output_size;       // default: last image's ratio at 1024^2
   std::optional<std::vector<double>> sigmas;  // custom schedule; its size is the step count
+  // Replaces the model's scheduler configuration (the Lightning recipe uses a constant shift).
+  std::optional<FlowMatchSchedulerConfig> scheduler;
+};
+
+// Where weights live while an edit runs.
+enum class Placement : std::uint8_t {
+  resident,            // every component loaded once and kept
+  model_offload,       // one component at a time, in pipeline order
+  sequential_offload,  // transformer blocks streamed from the checkpoint, a few kept at once
+};
+
+// "resident", "model_offload", "sequential_offload".
+std::string_view placement_name(Placement placement);
+// Parses a name from placement_name; throws InvalidInputError listing the valid names.
+Placement parse_placement(std::string_view name);
+
+// How the pipeline loads its components.
+struct PipelineLoadOptions {
+  ModelPrecision precision = ModelPrecision::bf16();
+  // Format of the transformer's and the text encoder's linear weights (quant_policy.h).
+  quant::QuantPolicy quant;
+  // LoRA files applied to the transformer, each with its strength.
+  std::vector<LoraFile> loras;
+  // Keeps LoRAs as run-time low-rank updates on quantised layers instead of merging them.
+  bool lora_at_run_time = false;
+  // resident: every component loaded here and kept. model_offload: each component loaded at
+  // the start of each stage that uses it and released at its end (text encoder, VAE for the
+  // references, transformer, VAE again for the output). sequential_offload: the same, except
+  // that the transformer's blocks are streamed from the checkpoint during denoising, with only
+  // the top-level weights loaded for the whole stage. docs/placement.md has the details.
+  Placement placement = Placement::resident;
+  // Transformer blocks kept loaded at once with sequential_offload (at least 1; 2 lets the next
+  // block load while one runs).
+  int kept_blocks = 2;
+  // Where sequential_offload streams the blocks from: the checkpoint, or a cache file of the
+  // blocks in their device format (transformer_block_cache.h). The automatic policy uses the
+  // cache when the format differs from the stored weights (quantised while loading, or with a
+  // merged LoRA). The cache is written during load() when missing.
+  BlockCachePolicy block_cache = BlockCachePolicy::automatic;
+  // Folder of the cache files; empty selects default_block_cache_directory().
+  std::filesystem::path block_cache_directory;
+  // Receives every onload, offload and streamed block's compute start and end, on the thread
+  // that does the work (block loads run on a worker thread), so it must be thread-safe.
+  ResidencyEventSink on_residency_event;
 };
 
 // Working-memory knobs, set by the memory manager (0 = the kernels' defaults).
@@ -74,7 +123,12 @@ struct EditResult {
 
 class EditPipeline {
  public:
-  // Loads every component of the model directory, resident, with `precision`.
+  // Loads the model directory's components with `options`. With model_offload or
+  // sequential_offload no weight stays loaded: each component is checked here against a
+  // dry-run allocator and read again by every edit. Throws InvalidInputError for
+  // kept_blocks < 1 and for a model whose files do not match its configuration.
+  static EditPipeline load(const ModelDirectory& model, const PipelineLoadOptions& options);
+  // Loads every component, resident, with `precision` and bf16 or f32 linear weights.
   static EditPipeline load(const ModelDirectory& model, ModelPrecision precision);
 
   EditPipeline(EditPipeline&&) noexcept;

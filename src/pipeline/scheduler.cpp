@@ -158,6 +158,13 @@ void FlowMatchEulerScheduler::set_timesteps(int steps, int image_seq_len,
   }
 
   if (config_.shift_terminal) {
+    if (s.back() >= 1.0) {
+      // The stretch divides by 1 - (last sigma), which is 0 for a one-step schedule.
+      throw InvalidInputError(fmt::format(
+          "a schedule with shift_terminal {} needs at least 2 steps (its last sigma is {}); "
+          "pass --steps 2 or more",
+          *config_.shift_terminal, s.back()));
+    }
     const double scale = (1.0 - s.back()) / (1.0 - *config_.shift_terminal);
     for (double& value : s) {
       value = 1.0 - (1.0 - value) / scale;

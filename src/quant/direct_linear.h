@@ -1,23 +1,36 @@
 // The small-batch path of QuantizedLinear: y = x W^T + b computed straight from the quantised
 // weights, for inputs with few rows, where reading the weights dominates the time.
 //
-// Work is split over groups of 8 output channels. For each group, the input rows are taken in
-// tiles of 8, 4, 2 or 1 rows, and the channels in sub-groups of 2, 4, 4 or 8. The weights of a
-// sub-group are decoded to bf16 in registers, 32 or 64 at a time. vdpbf16ps (AVX-512 BF16: 32
-// products per instruction, f32 accumulation) multiplies them with every row of the tile into
-// 8 to 16 accumulators held in registers. Each weight is decoded once per tile: once for up to 8
-// rows, twice for 16, three times for 13 (8 + 4 + 1). Nothing the size of the weight is allocated.
+// The kernels run on AVX-512 BF16 (vdpbf16ps: 32 bf16 products per instruction, f32
+// accumulation) and in parallel over tiles of output channels:
 //
-// The decoded "direct values" are:
-//   int8: the integer q.
-//   fp8:  v * 2^-8, because its bits move straight into a bf16 (see fp8_direct32).
-//   nf4:  codebook value * block absmax, rounded to bf16.
-// A per-channel factor (int8: scale; fp8: scale * 256; nf4: 1) multiplies the f32 sum at the
-// end, so fp8 and int8 products are exact. For nf4 with in_features a multiple of 64, a block's
-// 32 bytes are decoded as the 32 even elements (low nibbles) and the 32 odd elements (high
-// nibbles). The input is permuted the same way once per call, which saves interleaving nibbles.
+// Register kernel (1 row; 2 to 4 rows for fp8 and int8, 2 for nf4): tiles of 8 channels for one
+// row, else 4. The weights are decoded in registers, 64 (fp8, int8) or 128 (nf4) at a time, and
+// multiplied with every row right away into rows x channels accumulators.
 //
-// Precision: the input is rounded to bf16, as in the bf16 oneDNN linear. Accumulation is f32.
+// Buffered kernel (more rows, and nf4 whose in_features is not a multiple of 128): tiles of 4
+// channels. Up to 3072 columns of the tile are decoded once into a bf16 buffer on the stack
+// (24 KiB, in the L1 cache). The buffer is multiplied with up to 60 rows, in micro-tiles of up
+// to 6 rows x 4 channels whose 24 accumulators stay in registers.
+//
+// Both prefetch the next tile's codes into the L2 cache while they compute the current tile, a
+// cache line for each one read. With the hardware prefetchers alone, one-row calls read their
+// weights at about half the memory bandwidth.
+//
+// Decoders (the input x is permuted once per call into the order in which they produce values):
+//   fp8, int8: a 128-entry table lookup (vpermt2b) gives the high and the low byte of the bf16
+//     of each code's magnitude, the sign bit is copied, and the two bytes are interleaved. A
+//     row's last, partial chunk of 64 is read with a masked load.
+//   nf4 (in_features a multiple of 128): one 64-byte load is 128 codes of two blocks. The bf16
+//     values of both blocks' 16 codes form one 32-entry table for vpermw, whose index is the
+//     code shifted out of its 16-bit word plus a bit that selects the block.
+//   nf4 otherwise: 32 elements at a time in natural order through weight_decoder.h.
+//
+// Precision: the input is rounded to bf16, as in the bf16 oneDNN linear, and accumulation is
+// f32. fp8 and int8 codes are exact in bf16, so their products are exact and the scale
+// multiplies the f32 sum of each channel. nf4 multiplies bf16(codebook value * block absmax),
+// the same bf16 weights as dequantize(weight, DType::bf16). The fp8 NaN codes (0x7F, 0xFF)
+// decode as NaN. Without AVX-512 BF16, a scalar loop computes the same values.
 #pragma once
 
 #include <cstdint>
@@ -27,19 +40,29 @@
 
 namespace ethereal::quant::detail {
 
+// Order of the elements of the prepared input within each chunk, which matches the order in
+// which the decoders produce weights (see direct_linear.cpp).
+enum class InputOrder : std::uint8_t {
+  natural,     // chunks of 32: nf4 with in_features not a multiple of 128, and builds without
+               // AVX-512 BF16
+  bytes64,     // fp8 and int8, chunks of 64
+  nibbles128,  // nf4 with in_features a multiple of 128, chunks of 128
+};
+
 struct DirectPlan {
   std::int64_t rows = 0;
-  // Elements decoded per step: 64 when in_features is a multiple of 64, else 32.
-  std::int64_t step = 32;
-  std::int64_t padded_k = 0;  // in_features rounded up to `step`
-  // True for nf4 with step 64: the input is permuted within blocks of 64 (see above).
-  bool permuted_input = false;
+  InputOrder order = InputOrder::natural;
+  std::int64_t chunk = 32;   // elements per chunk of `order`
+  std::int64_t columns = 0;  // in_features rounded up to `chunk`: the columns multiplied
+  // Row length of the prepared input: `columns`, plus 32 zeros where that makes the rows an odd
+  // number of 64-byte cache lines long, so that rows read together use different L1 cache sets.
+  std::int64_t padded_k = 0;
 };
 
 DirectPlan plan_direct(const QuantizedWeight& weight, std::int64_t rows);
 
 // Writes x (contiguous [plan.rows, in_features], f32 or bf16) into x_bf16 (contiguous bf16
-// [plan.rows, plan.padded_k]): rounded to bf16, permuted if plan.permuted_input, zero-padded.
+// [plan.rows, plan.padded_k]): rounded to bf16, permuted into plan.order, zero-padded.
 void prepare_direct_input(const Tensor& x, const DirectPlan& plan, const Tensor& x_bf16);
 
 // out[m, n] = sum_k x[m, k] W[n, k] + bias[n]. x_bf16: from prepare_direct_input. bias: f32

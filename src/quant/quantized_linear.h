@@ -4,8 +4,9 @@
 //
 // Direct (M < direct_row_limit, default 64): reading the weights dominates, so the weights are
 // decoded in registers and multiplied with x right away (direct_linear.h). Per call this
-// allocates the output and a bf16 copy of x [M, in_features rounded up to 32 or 64], plus a
-// contiguous copy first when x is strided. Nothing the size of the weight is allocated.
+// allocates the output and a bf16 copy of x [M, DirectPlan::padded_k] (in_features rounded up
+// to 32, 64 or 128, plus up to 32), plus a contiguous copy first when x is strided. Nothing the
+// size of the weight is allocated.
 //
 // Dequantise + matmul (larger M): the matmul costs O(M K N) and the decoding O(K N), so the
 // weight is decoded into oneDNN's packed bf16 layout and multiplied by oneDNN's bf16 matmul.

@@ -3,6 +3,8 @@
 
 #include "io/safetensors_writer.h"
 
+#include <sys/stat.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -215,6 +217,94 @@ TEST(SafetensorsWriter, ShardedFailureWritesNothing) {
                   [&] { write_sharded_safetensors(directory.path(), "sub/model", entries, 64); }),
               HasSubstr("invalid shard base name \"sub/model\""));
   EXPECT_THAT(list_directory(directory.path()), ElementsAre("keep.txt"));
+}
+
+// Bytes the file system allocated for `path` (st_blocks counts 512-byte units).
+std::uint64_t allocated_bytes(const std::filesystem::path& path) {
+  struct stat status {};
+  if (::stat(path.c_str(), &status) != 0) {
+    throw std::runtime_error("cannot stat " + path.string());
+  }
+  return static_cast<std::uint64_t>(status.st_blocks) * 512;
+}
+
+TEST(SafetensorsWriter, ZeroEntriesLeaveHoles) {
+  TemporaryDirectory directory;
+  const auto path = directory / "sparse.safetensors";
+  constexpr std::int64_t kHoleBytes = 64 << 20;
+  // One element size keeps the given order: a hole, data, and a hole at the end of the file.
+  write_safetensors(path, {zero_safetensors_entry("first", DType::uint8, {kHoleBytes}),
+                           streamed_u8("data", 1000, 7),
+                           zero_safetensors_entry("last", DType::uint8, {2, kHoleBytes / 2})});
+
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  EXPECT_EQ(file.info("first").nbytes(), static_cast<std::uint64_t>(kHoleBytes));
+  EXPECT_EQ(file.info("last").shape, (Shape{2, kHoleBytes / 2}));
+  const std::uint64_t header_bytes = file.info("first").data_begin;
+  EXPECT_EQ(file.info("data").data_begin, header_bytes + kHoleBytes);
+  EXPECT_EQ(std::filesystem::file_size(path), header_bytes + 2 * kHoleBytes + 1000);
+
+  const Tensor data = file.tensor("data");
+  const auto* bytes = data.data_as<const std::uint8_t>();
+  EXPECT_EQ(bytes[0], 0);
+  EXPECT_EQ(bytes[999], 999 % 251);
+  const Tensor last = file.tensor("last");
+  const auto* last_bytes = static_cast<const std::uint8_t*>(last.data());
+  EXPECT_EQ(last_bytes[0], 0);
+  EXPECT_EQ(last_bytes[last.nbytes() - 1], 0);
+  // The holes are 128 MiB; the header, the data and the file system blocks around them take
+  // far less than 1 MiB.
+  EXPECT_LT(allocated_bytes(path), 1u << 20);
+}
+
+TEST(SafetensorsWriter, ShardedZeroEntriesLeaveHoles) {
+  TemporaryDirectory directory;
+  std::vector<SafetensorsEntry> entries;
+  for (int i = 0; i < 4; ++i) {
+    entries.push_back(zero_safetensors_entry("w" + std::to_string(i), DType::f32, {8 << 20}));
+  }
+  // 32 MiB per tensor, 64 MiB per shard.
+  write_sharded_safetensors(directory.path(), "model", entries, 64u << 20);
+  const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(directory.path());
+  ASSERT_EQ(checkpoint.files().size(), 2u);
+  EXPECT_EQ(checkpoint.metadata().at("total_size"), std::to_string(128u << 20));
+  for (const auto* name :
+       {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}) {
+    EXPECT_GT(std::filesystem::file_size(directory / name), 64u << 20);
+    EXPECT_LT(allocated_bytes(directory / name), 1u << 20);
+  }
+}
+
+TEST(SafetensorsWriter, ZeroEntryChecksSize) {
+  TemporaryDirectory directory;
+  SafetensorsEntry entry = zero_safetensors_entry("w", DType::f32, {4});
+  // A writer that appends more zeros than the shape's byte size is rejected as with write().
+  entry.write_data = [](TensorDataSink& sink) { sink.write_zeros(17); };
+  EXPECT_THAT(
+      invalid_input_message([&] { write_safetensors(directory / "w.safetensors", {entry}); }),
+      HasSubstr("tensor \"w\": the data writer produced more than the 16 bytes"));
+  EXPECT_TRUE(list_directory(directory.path()).empty());
+}
+
+// A sink with only write(), to check the default write_zeros.
+class CollectingSink final : public TensorDataSink {
+ public:
+  void write(std::span<const std::byte> bytes) override {
+    ++calls;
+    collected.insert(collected.end(), bytes.begin(), bytes.end());
+  }
+  int calls = 0;
+  std::vector<std::byte> collected;
+};
+
+TEST(SafetensorsWriter, DefaultWriteZerosAppendsZeros) {
+  CollectingSink sink;
+  constexpr std::uint64_t kCount = (9u << 20) + 5;  // more than the writer's 4 MiB buffer
+  sink.write_zeros(kCount);
+  ASSERT_EQ(sink.collected.size(), kCount);
+  EXPECT_GT(sink.calls, 0);
+  EXPECT_TRUE(std::all_of(sink.collected.begin(), sink.collected.end(),
+                          [](std::byte b) { return b == std::byte{0}; }));
 }
 
 }  // namespace

@@ -64,7 +64,7 @@ TEST_F(WeightLoaderTest, TakesTensorsInRequestedDtype) {
   EXPECT_EQ(norm.to_floats(), (std::vector<float>{0.5f, 1.5f}));
   EXPECT_FALSE(norm.storage()->is_external()) << "weights are copied into allocator memory";
 
-  cpu::PackedLinear linear = loader.linear("layer", 3, 2, true, DType::f32);
+  LinearLayer linear = loader.linear("layer", 3, 2, true, DType::f32);
   Tensor y = linear.forward(Tensor::from_floats(std::vector<float>{1.0f, 1.0f}, {1, 2}));
   EXPECT_EQ(y.to_floats(), (std::vector<float>{13.0f, 18.0f, 23.0f}));
   EXPECT_NO_THROW(loader.finish());
@@ -130,8 +130,8 @@ TEST_F(WeightLoaderTest, DryRunAllocatesWithoutReading) {
   CpuCachingAllocator dry(CpuCachingAllocator::Options{.dry_run = true});
   ScopedAllocator scope(dry);
   WeightLoader loader(checkpoint, identity_tensor_name, "test");
-  cpu::PackedLinear linear = loader.linear("layer", 64, 32, false, DType::bf16);
-  EXPECT_TRUE(linear.packed_weight().is_dry());
+  LinearLayer linear = loader.linear("layer", 64, 32, false, DType::bf16);
+  EXPECT_TRUE(linear.packed().packed_weight().is_dry());
   EXPECT_GE(dry.stats().allocated_bytes.current, 64 * 32 * 2);
 }
 

@@ -125,8 +125,8 @@ TEST(QuantizedLinear, AutomaticPathMatchesReference) {
 
 TEST(QuantizedLinear, Fp8ZeroAndSubnormalCodes) {
   // Exact zeros and values far below amax / 448 * 2^-6 encode as fp8 zero and subnormal codes,
-  // which the direct path decodes through its slower exact route. Every fourth weight is such
-  // a value; K = 128 and 96 cover both the 64-wide and the 32-wide decoding.
+  // which the direct path decodes exactly. Every fourth weight is such a value; K = 96 ends each
+  // row in a partial chunk of 64.
   for (const std::int64_t k : {128, 96}) {
     const std::int64_t n = 9;
     auto w_values = testing::normal_values(static_cast<std::size_t>(n * k), 21, 0.05f);

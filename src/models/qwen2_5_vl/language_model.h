@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/linear.h"
+#include "models/linear_layer.h"
 #include "models/model_precision.h"
 #include "models/qwen2_5_vl/config.h"
 #include "models/qwen2_5_vl/layers.h"
@@ -29,10 +29,10 @@ namespace ethereal {
 
 struct Qwen25VlDecoderLayer {
   Tensor input_layernorm;           // [hidden]
-  cpu::PackedLinear q_proj;         // hidden -> heads x head_dim, with bias
-  cpu::PackedLinear k_proj;         // hidden -> kv_heads x head_dim, with bias
-  cpu::PackedLinear v_proj;         // hidden -> kv_heads x head_dim, with bias
-  cpu::PackedLinear o_proj;         // heads x head_dim -> hidden
+  LinearLayer q_proj;               // hidden -> heads x head_dim, with bias
+  LinearLayer k_proj;               // hidden -> kv_heads x head_dim, with bias
+  LinearLayer v_proj;               // hidden -> kv_heads x head_dim, with bias
+  LinearLayer o_proj;               // heads x head_dim -> hidden
   Tensor post_attention_layernorm;  // [hidden]
   Qwen25VlMlp mlp;
 

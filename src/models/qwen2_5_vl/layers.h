@@ -6,7 +6,7 @@
 #include <string>
 
 #include "kernels/cpu/attention.h"
-#include "kernels/cpu/linear.h"
+#include "models/linear_layer.h"
 #include "models/qwen2_5_vl/config.h"
 #include "models/weight_loader.h"
 #include "runtime/tensor.h"
@@ -24,9 +24,9 @@ struct Qwen25VlOptions {
 
 // down(act(gate(x)) * up(x)), the MLP of both parts (with biases in the vision tower only).
 struct Qwen25VlMlp {
-  cpu::PackedLinear gate_proj;
-  cpu::PackedLinear up_proj;
-  cpu::PackedLinear down_proj;
+  LinearLayer gate_proj;
+  LinearLayer up_proj;
+  LinearLayer down_proj;
   Qwen25VlActivation activation = Qwen25VlActivation::silu;
 
   // Loads "<prefix>.gate_proj", "<prefix>.up_proj" and "<prefix>.down_proj".

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "quant/stored_weight.h"
 #include "runtime/error.h"
 
 namespace ethereal {
@@ -36,14 +37,14 @@ bool is_legacy_name(std::string_view name) {
 }  // namespace
 
 std::optional<std::string> qwen25vl_legacy_tensor_name(std::string_view file_name) {
-  if (starts_with(file_name, kLmHead)) {
+  if (starts_with(file_name, kLmHead) || file_name == quant::kScaledFp8Marker) {
     return std::nullopt;
   }
   return std::string(file_name);
 }
 
 std::optional<std::string> qwen25vl_nested_tensor_name(std::string_view file_name) {
-  if (starts_with(file_name, kLmHead)) {
+  if (starts_with(file_name, kLmHead) || file_name == quant::kScaledFp8Marker) {
     return std::nullopt;
   }
   if (starts_with(file_name, kNestedText)) {

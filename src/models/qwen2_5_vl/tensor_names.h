@@ -4,7 +4,8 @@
 // published with: "model.embed_tokens.weight", "model.layers.N.*", "model.norm.weight" for the
 // language model and "visual.*" for the vision tower. Newer transformers releases save the
 // same tensors as "model.language_model.*" and "model.visual.*". Both layouts may carry
-// "lm_head.weight", which the text encoder skips because it returns hidden states.
+// "lm_head.weight", which the text encoder skips because it returns hidden states, and scaled
+// fp8 files a "scaled_fp8" marker, which is skipped too.
 #pragma once
 
 #include <optional>
@@ -21,10 +22,10 @@ enum class Qwen25VlTensorLayout {
   nested,  // model.language_model.layers.N.*, model.visual.*
 };
 
-// TensorNameMap of the older layout: names are canonical, lm_head is dropped.
+// TensorNameMap of the older layout: names are canonical, lm_head and the marker are dropped.
 std::optional<std::string> qwen25vl_legacy_tensor_name(std::string_view file_name);
 // TensorNameMap of the newer layout: "model.language_model." becomes "model.",
-// "model.visual." becomes "visual.", lm_head is dropped.
+// "model.visual." becomes "visual.", lm_head and the marker are dropped.
 std::optional<std::string> qwen25vl_nested_tensor_name(std::string_view file_name);
 
 // The layout of a checkpoint's names: nested when any name starts with

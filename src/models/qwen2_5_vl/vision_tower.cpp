@@ -88,10 +88,10 @@ void Qwen25VlVisionBlock::forward_(Tensor& x, const Qwen25VlRopeTables& rope, st
 }
 
 Qwen25VlVisionTower::Qwen25VlVisionTower(Qwen25VlVisionConfig config, ModelPrecision precision,
-                                         cpu::PackedLinear patch_embed,
+                                         LinearLayer patch_embed,
                                          std::vector<Qwen25VlVisionBlock> blocks,
-                                         Tensor merger_norm, cpu::PackedLinear merger_fc1,
-                                         cpu::PackedLinear merger_fc2)
+                                         Tensor merger_norm, LinearLayer merger_fc1,
+                                         LinearLayer merger_fc2)
     : config_(std::move(config)),
       precision_(precision),
       patch_embed_(std::move(patch_embed)),
@@ -105,14 +105,15 @@ Qwen25VlVisionTower Qwen25VlVisionTower::load(WeightLoader& loader,
                                               ModelPrecision precision) {
   const DType dtype = precision.weight_dtype;
   const std::int64_t hidden = config.hidden_size;
-  std::optional<cpu::PackedLinear> patch_embed;
+  std::optional<LinearLayer> patch_embed;
   {
     // Conv3d weight [hidden, channels, frames, patch, patch] = a [hidden, patch_values] matrix.
     const Tensor conv_weight = loader.take("visual.patch_embed.proj.weight",
                                            {hidden, config.in_channels, config.temporal_patch_size,
                                             config.patch_size, config.patch_size},
                                            dtype);
-    patch_embed.emplace(conv_weight.view({hidden, config.patch_values()}), Tensor(), dtype);
+    patch_embed.emplace(
+        cpu::PackedLinear(conv_weight.view({hidden, config.patch_values()}), Tensor(), dtype));
   }
 
   std::vector<Qwen25VlVisionBlock> blocks;
@@ -124,8 +125,8 @@ Qwen25VlVisionTower Qwen25VlVisionTower::load(WeightLoader& loader,
 
   const std::int64_t merged = config.merge_unit() * hidden;
   Tensor merger_norm = loader.take("visual.merger.ln_q.weight", {hidden}, dtype);
-  cpu::PackedLinear merger_fc1 = loader.linear("visual.merger.mlp.0", merged, merged, true, dtype);
-  cpu::PackedLinear merger_fc2 =
+  LinearLayer merger_fc1 = loader.linear("visual.merger.mlp.0", merged, merged, true, dtype);
+  LinearLayer merger_fc2 =
       loader.linear("visual.merger.mlp.2", config.out_hidden_size, merged, true, dtype);
   return Qwen25VlVisionTower(config, precision, std::move(*patch_embed), std::move(blocks),
                              std::move(merger_norm), std::move(merger_fc1), std::move(merger_fc2));

@@ -20,7 +20,7 @@
 #include <span>
 #include <vector>
 
-#include "kernels/cpu/linear.h"
+#include "models/linear_layer.h"
 #include "models/model_precision.h"
 #include "models/qwen2_5_vl/config.h"
 #include "models/qwen2_5_vl/layers.h"
@@ -31,11 +31,11 @@
 namespace ethereal {
 
 struct Qwen25VlVisionBlock {
-  Tensor norm1;            // [hidden]
-  cpu::PackedLinear qkv;   // hidden -> 3 x hidden, output q | k | v, each heads x head_dim
-  cpu::PackedLinear proj;  // hidden -> hidden
-  Tensor norm2;            // [hidden]
-  Qwen25VlMlp mlp;         // with biases
+  Tensor norm1;      // [hidden]
+  LinearLayer qkv;   // hidden -> 3 x hidden, output q | k | v, each heads x head_dim
+  LinearLayer proj;  // hidden -> hidden
+  Tensor norm2;      // [hidden]
+  Qwen25VlMlp mlp;   // with biases
   bool full_attention = false;
 
   // Loads "<prefix>.norm1", "<prefix>.attn.qkv", ... ("<prefix>" = "visual.blocks.N").
@@ -68,19 +68,18 @@ class Qwen25VlVisionTower {
 
  private:
   Qwen25VlVisionTower(Qwen25VlVisionConfig config, ModelPrecision precision,
-                      cpu::PackedLinear patch_embed, std::vector<Qwen25VlVisionBlock> blocks,
-                      Tensor merger_norm, cpu::PackedLinear merger_fc1,
-                      cpu::PackedLinear merger_fc2);
+                      LinearLayer patch_embed, std::vector<Qwen25VlVisionBlock> blocks,
+                      Tensor merger_norm, LinearLayer merger_fc1, LinearLayer merger_fc2);
 
   Tensor merge_patches(const Tensor& x) const;
 
   Qwen25VlVisionConfig config_;
   ModelPrecision precision_;
-  cpu::PackedLinear patch_embed_;  // [hidden, patch_values()]
+  LinearLayer patch_embed_;  // [hidden, patch_values()]
   std::vector<Qwen25VlVisionBlock> blocks_;
-  Tensor merger_norm_;            // ln_q [hidden]
-  cpu::PackedLinear merger_fc1_;  // merge_unit x hidden -> merge_unit x hidden
-  cpu::PackedLinear merger_fc2_;  // merge_unit x hidden -> out_hidden_size
+  Tensor merger_norm_;      // ln_q [hidden]
+  LinearLayer merger_fc1_;  // merge_unit x hidden -> merge_unit x hidden
+  LinearLayer merger_fc2_;  // merge_unit x hidden -> out_hidden_size
 };
 
 }  // namespace ethereal

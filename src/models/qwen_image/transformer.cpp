@@ -117,12 +117,83 @@ QwenImageTransformer::QwenImageTransformer(const QwenImageTransformerConfig& con
 QwenImageTransformer QwenImageTransformer::load(const SafetensorsCheckpoint& checkpoint,
                                                 const QwenImageTransformerConfig& config,
                                                 ModelPrecision precision,
-                                                const TensorNameMap& names) {
-  WeightLoader loader(checkpoint, names, "transformer");
+                                                const TensorNameMap& names,
+                                                const WeightLoadOptions& options) {
+  WeightLoader loader(checkpoint, names, "transformer", options);
   CheckpointWeightSource source(loader, precision);
   QwenImageTransformer model(config, precision, source);
   loader.finish();
   return model;
+}
+
+QwenImageTransformer::QwenImageTransformer(const QwenImageTransformerConfig& config,
+                                           ModelPrecision precision, TransformerTopWeights top,
+                                           std::shared_ptr<TransformerBlockSource> blocks,
+                                           const TransformerStreamingOptions& streaming)
+    : config_(config),
+      precision_(precision),
+      top_(std::move(top)),
+      block_source_(std::move(blocks)),
+      streaming_(streaming) {}
+
+QwenImageTransformer QwenImageTransformer::load_streamed(
+    std::shared_ptr<const SafetensorsCheckpoint> checkpoint,
+    const QwenImageTransformerConfig& config, ModelPrecision precision, const TensorNameMap& names,
+    const WeightLoadOptions& options, const TransformerStreamingOptions& streaming,
+    std::shared_ptr<TransformerBlockSource> blocks) {
+  checked_config(config, precision);
+  if (streaming.kept_blocks < 1) {
+    throw InvalidInputError(
+        fmt::format("transformer: kept_blocks must be at least 1 to stream blocks, got {}",
+                    streaming.kept_blocks));
+  }
+  if (blocks == nullptr) {
+    blocks = std::make_shared<CheckpointBlockSource>(checkpoint, names, options, config, precision);
+  }
+  if (blocks->block_count() != config.num_layers) {
+    throw InvalidInputError(fmt::format(
+        "transformer: the block source has {} blocks but the configuration has {} layers",
+        blocks->block_count(), config.num_layers));
+  }
+  // The top-level weights are read with pread too, so a file truncated after the model was
+  // opened is an IoError here as well.
+  const CheckpointReader reader(*checkpoint);
+  WeightLoadOptions top_options = options;
+  top_options.reader = &reader;
+  WeightLoader loader(*checkpoint, names, "transformer", top_options);
+  CheckpointWeightSource top_source(loader, precision);
+  TransformerTopWeights top = build_top_weights(top_source, config);
+  return QwenImageTransformer(config, precision, std::move(top), std::move(blocks), streaming);
+}
+
+TransformerBlockStream QwenImageTransformer::open_block_stream() const {
+  if (!block_source_) {
+    return TransformerBlockStream();
+  }
+  return TransformerBlockStream(block_source_, streaming_);
+}
+
+void QwenImageTransformer::run_blocks(const BlockContext& context,
+                                      const TransformerForwardOptions& options, Tensor& img,
+                                      Tensor& txt) const {
+  if (!block_source_) {
+    for (const TransformerBlockWeights& block : blocks_) {
+      run_transformer_block(block, context, img, txt);
+    }
+    return;
+  }
+  TransformerBlockStream own_stream;
+  TransformerBlockStream* stream = options.block_stream;
+  if (stream == nullptr || stream->empty()) {
+    own_stream = open_block_stream();
+    stream = &own_stream;
+  }
+  for (std::int64_t index = 0; index < config_.num_layers; ++index) {
+    const ResidentHandle<TransformerBlockWeights> block = stream->acquire(index);
+    stream->report_compute(ResidencyEventKind::compute_start, index);
+    run_transformer_block(*block, context, img, txt);
+    stream->report_compute(ResidencyEventKind::compute_end, index);
+  }
 }
 
 QwenImageTransformer QwenImageTransformer::random(const QwenImageTransformerConfig& config,
@@ -203,9 +274,7 @@ Tensor QwenImageTransformer::forward(const TransformerInputs& inputs,
     context.head_dim = config_.attention_head_dim;
     context.attention_query_tile = options.attention_query_tile;
     context.mlp_token_chunk = options.mlp_token_chunk;
-    for (const TransformerBlockWeights& block : blocks_) {
-      run_transformer_block(block, context, img, txt);
-    }
+    run_blocks(context, options, img, txt);
   }
   txt = Tensor();  // only the image stream feeds the output head
   const Tensor out = output_head(std::move(img), modulation);

@@ -61,9 +61,9 @@ cpu::ChannelParam param_for_rows(const cpu::ChannelParam& param, std::int64_t st
 
 // Writes q, k and v of one stream into rows [first_row, first_row + n) of the joint [S, D]
 // tensors, n being the stream's token count.
-void project_qkv(const Tensor& modulated, const cpu::PackedLinear& to_q,
-                 const cpu::PackedLinear& to_k, const cpu::PackedLinear& to_v,
-                 std::int64_t first_row, const Tensor& q, const Tensor& k, const Tensor& v) {
+void project_qkv(const Tensor& modulated, const LinearLayer& to_q, const LinearLayer& to_k,
+                 const LinearLayer& to_v, std::int64_t first_row, const Tensor& q, const Tensor& k,
+                 const Tensor& v) {
   const std::int64_t count = modulated.size(0);
   to_q.forward_into(modulated, q.narrow(0, first_row, count));
   to_k.forward_into(modulated, k.narrow(0, first_row, count));

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "quant/stored_weight.h"
+
 namespace ethereal {
 
 namespace {
@@ -17,7 +19,7 @@ std::string_view strip_prefix(std::string_view name) {
 
 std::optional<std::string> comfy_transformer_tensor_name(std::string_view file_name) {
   const std::string_view name = strip_prefix(file_name);
-  if (name == kIndexTimestepZeroMarker) {
+  if (name == kIndexTimestepZeroMarker || name == quant::kScaledFp8Marker) {
     return std::nullopt;
   }
   return std::string(name);

@@ -18,7 +18,9 @@ inline constexpr std::string_view kComfyDiffusionModelPrefix = "model.diffusion_
 inline constexpr std::string_view kIndexTimestepZeroMarker = "__index_timestep_zero__";
 
 // TensorNameMap for ComfyUI single files: strips an optional "model.diffusion_model." prefix
-// and maps the zero_cond_t marker to nullopt.
+// and maps the zero_cond_t marker and the "scaled_fp8" marker of scaled fp8 files to nullopt.
+// Scale tensors such as "<module>.scale_weight" keep their names; the loader reads them with
+// their weight (quant/stored_weight.h).
 std::optional<std::string> comfy_transformer_tensor_name(std::string_view file_name);
 
 // True when the checkpoint has the marker, with or without the prefix: load it with

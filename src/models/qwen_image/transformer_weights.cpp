@@ -71,9 +71,8 @@ FeedForwardWeights build_feed_forward(TransformerWeightSource& source, const std
 CheckpointWeightSource::CheckpointWeightSource(WeightLoader& loader, ModelPrecision precision)
     : loader_(loader), precision_(precision) {}
 
-cpu::PackedLinear CheckpointWeightSource::linear(const std::string& prefix,
-                                                 std::int64_t out_features,
-                                                 std::int64_t in_features) {
+LinearLayer CheckpointWeightSource::linear(const std::string& prefix, std::int64_t out_features,
+                                           std::int64_t in_features) {
   return loader_.linear(prefix, out_features, in_features, /*bias=*/true, precision_.weight_dtype);
 }
 
@@ -84,8 +83,8 @@ Tensor CheckpointWeightSource::norm_weight(const std::string& name, std::int64_t
 RandomWeightSource::RandomWeightSource(std::uint64_t seed, ModelPrecision precision)
     : seed_(seed), precision_(precision) {}
 
-cpu::PackedLinear RandomWeightSource::linear(const std::string& prefix, std::int64_t out_features,
-                                             std::int64_t in_features) {
+LinearLayer RandomWeightSource::linear(const std::string& prefix, std::int64_t out_features,
+                                       std::int64_t in_features) {
   const Tensor bias = random_vector(seed_, prefix + ".bias", out_features, -0.1f, 0.1f, DType::f32);
   cpu::PackedLinear layer =
       cpu::PackedLinear::allocate(out_features, in_features, precision_.weight_dtype, bias);

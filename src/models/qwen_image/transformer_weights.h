@@ -7,7 +7,7 @@
 //     to_v, attn.add_q_proj / add_k_proj / add_v_proj, attn.to_out.0, attn.to_add_out,
 //     attn.norm_q / norm_k / norm_added_q / norm_added_k (.weight only), img_mlp.net.0.proj,
 //     img_mlp.net.2, txt_mlp.net.0.proj, txt_mlp.net.2.
-// Every linear layer has a bias. Linear weights are packed once (cpu::PackedLinear) in the
+// Every linear layer has a bias. Linear weights are LinearLayers: packed once in the
 // weight dtype; norm weights are kept in the compute dtype, the dtype diffusers multiplies by.
 //
 // A TransformerWeightSource produces the tensors: CheckpointWeightSource reads them through a
@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/linear.h"
+#include "models/linear_layer.h"
 #include "models/model_precision.h"
 #include "models/qwen_image/transformer_config.h"
 #include "models/weight_loader.h"
@@ -33,8 +33,8 @@ class TransformerWeightSource {
   virtual ~TransformerWeightSource() = default;
   // The layer "<prefix>.weight" [out_features, in_features] with "<prefix>.bias"
   // [out_features].
-  virtual cpu::PackedLinear linear(const std::string& prefix, std::int64_t out_features,
-                                   std::int64_t in_features) = 0;
+  virtual LinearLayer linear(const std::string& prefix, std::int64_t out_features,
+                             std::int64_t in_features) = 0;
   // The norm weight `name` [length].
   virtual Tensor norm_weight(const std::string& name, std::int64_t length) = 0;
 };
@@ -43,8 +43,8 @@ class CheckpointWeightSource final : public TransformerWeightSource {
  public:
   CheckpointWeightSource(WeightLoader& loader, ModelPrecision precision);
 
-  cpu::PackedLinear linear(const std::string& prefix, std::int64_t out_features,
-                           std::int64_t in_features) override;
+  LinearLayer linear(const std::string& prefix, std::int64_t out_features,
+                     std::int64_t in_features) override;
   Tensor norm_weight(const std::string& name, std::int64_t length) override;
 
  private:
@@ -59,8 +59,8 @@ class RandomWeightSource final : public TransformerWeightSource {
  public:
   RandomWeightSource(std::uint64_t seed, ModelPrecision precision);
 
-  cpu::PackedLinear linear(const std::string& prefix, std::int64_t out_features,
-                           std::int64_t in_features) override;
+  LinearLayer linear(const std::string& prefix, std::int64_t out_features,
+                     std::int64_t in_features) override;
   Tensor norm_weight(const std::string& name, std::int64_t length) override;
 
  private:
@@ -70,37 +70,37 @@ class RandomWeightSource final : public TransformerWeightSource {
 
 // "net.0.proj" (D -> 4D, followed by GELU tanh) and "net.2" (4D -> D).
 struct FeedForwardWeights {
-  cpu::PackedLinear up;
-  cpu::PackedLinear down;
+  LinearLayer up;
+  LinearLayer down;
 };
 
 struct TransformerBlockWeights {
-  cpu::PackedLinear img_mod;  // D -> 6D: (shift, scale, gate) of attention, then of the MLP
-  cpu::PackedLinear txt_mod;
-  cpu::PackedLinear to_q;  // image stream
-  cpu::PackedLinear to_k;
-  cpu::PackedLinear to_v;
-  cpu::PackedLinear add_q_proj;  // text stream
-  cpu::PackedLinear add_k_proj;
-  cpu::PackedLinear add_v_proj;
+  LinearLayer img_mod;  // D -> 6D: (shift, scale, gate) of attention, then of the MLP
+  LinearLayer txt_mod;
+  LinearLayer to_q;  // image stream
+  LinearLayer to_k;
+  LinearLayer to_v;
+  LinearLayer add_q_proj;  // text stream
+  LinearLayer add_k_proj;
+  LinearLayer add_v_proj;
   Tensor norm_q;  // [head_dim]
   Tensor norm_k;
   Tensor norm_added_q;
   Tensor norm_added_k;
-  cpu::PackedLinear to_out;      // attn.to_out.0, image stream
-  cpu::PackedLinear to_add_out;  // text stream
+  LinearLayer to_out;      // attn.to_out.0, image stream
+  LinearLayer to_add_out;  // text stream
   FeedForwardWeights img_mlp;
   FeedForwardWeights txt_mlp;
 };
 
 struct TransformerTopWeights {
-  cpu::PackedLinear img_in;         // in_channels -> D
-  Tensor txt_norm;                  // [joint_attention_dim]
-  cpu::PackedLinear txt_in;         // joint_attention_dim -> D
-  cpu::PackedLinear time_linear_1;  // 256 -> D
-  cpu::PackedLinear time_linear_2;  // D -> D
-  cpu::PackedLinear norm_out;       // D -> 2D: (scale, shift), in that order
-  cpu::PackedLinear proj_out;       // D -> patch^2 x out_channels
+  LinearLayer img_in;         // in_channels -> D
+  Tensor txt_norm;            // [joint_attention_dim]
+  LinearLayer txt_in;         // joint_attention_dim -> D
+  LinearLayer time_linear_1;  // 256 -> D
+  LinearLayer time_linear_2;  // D -> D
+  LinearLayer norm_out;       // D -> 2D: (scale, shift), in that order
+  LinearLayer proj_out;       // D -> patch^2 x out_channels
 };
 
 // Requests the top-level tensors from `source`, in a fixed order.

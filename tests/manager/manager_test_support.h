@@ -1,0 +1,116 @@
+// Helpers shared by the memory manager tests: the tiny model written once per test program,
+// small requests, and a fresh real allocator per test.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "io/image.h"
+#include "io/model_directory.h"
+#include "memory/events.h"
+#include "memory/planner.h"
+#include "memory/strategy.h"
+#include "models/tiny_model.h"
+#include "pipeline/edit_pipeline.h"
+#include "runtime/allocator.h"
+
+namespace ethereal::manager_test {
+
+namespace fs = std::filesystem;
+
+// A fresh directory under ::testing::TempDir(), removed with its contents at scope exit.
+class TemporaryDirectory {
+ public:
+  TemporaryDirectory() {
+    std::string pattern = (fs::path(::testing::TempDir()) / "ethereal-manager-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      throw std::runtime_error("mkdtemp failed for " + pattern);
+    }
+    path_ = pattern;
+  }
+  ~TemporaryDirectory() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  TemporaryDirectory(const TemporaryDirectory&) = delete;
+  TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
+
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  fs::path path_;
+};
+
+// The tiny model, written with seed 7 into a temporary folder on first use and removed when
+// the test program exits. It is written with an allocator of its own, so a first use under a
+// dry-run or capped allocator works too.
+inline const fs::path& tiny_model_path() {
+  static TemporaryDirectory* folder = [] {
+    auto* created = new TemporaryDirectory();
+    CpuCachingAllocator allocator;
+    const ScopedAllocator scope(allocator);
+    write_tiny_model(created->path() / "model", 7);
+    std::atexit([] { delete folder; });
+    return created;
+  }();
+  static const fs::path path = folder->path() / "model";
+  return path;
+}
+
+inline ModelDirectory tiny_model() {
+  return ModelDirectory::open(tiny_model_path());
+}
+
+// A 48x40 RGB gradient. The pipeline scales every input to about 1024x1024 pixels for the VAE,
+// so the input size barely changes the cost of an edit. The output size sets the target tokens.
+inline Image gradient_image() {
+  Image image(48, 40, 3);
+  for (int y = 0; y < image.height(); ++y) {
+    for (int x = 0; x < image.width(); ++x) {
+      image.at(x, y, 0) = static_cast<std::uint8_t>(5 * x);
+      image.at(x, y, 1) = static_cast<std::uint8_t>(6 * y);
+      image.at(x, y, 2) = 90;
+    }
+  }
+  return image;
+}
+
+// A plan request for one 48x40 input, `width` x `height` output, two steps and CFG 1 (one
+// transformer pass per step, which halves the denoising time of the tests).
+inline memory::PlanRequest small_plan_request(int width, int height) {
+  memory::PlanRequest request;
+  request.image_sizes = {{48, 40}};
+  request.output_size = ImageSize{width, height};
+  request.steps = 2;
+  request.cfg_scale = 1.0;
+  request.prompt = "make the sky green";
+  return request;
+}
+
+// A budget without limits, so every plan fits.
+inline memory::TierBudget unlimited_budget() {
+  return {
+      .device_bytes = kUnlimitedCapacity, .host_bytes = kUnlimitedCapacity, .device_is_host = true};
+}
+
+// The types of `events`, in order, without plan and stage_peak events.
+inline std::vector<std::string> decision_events(const std::vector<memory::Event>& events) {
+  std::vector<std::string> types;
+  for (const memory::Event& event : events) {
+    if (event.type == memory::EventType::plan || event.type == memory::EventType::stage_peak) {
+      continue;
+    }
+    types.emplace_back(memory::event_type_name(event.type));
+  }
+  return types;
+}
+
+}  // namespace ethereal::manager_test
