@@ -36,7 +36,6 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cpu/linear.h"
 #include "models/qwen_image/transformer_block.h"
 #include "models/qwen_image/transformer_config.h"
 #include "models/qwen_image/transformer_rope.h"
@@ -61,71 +60,36 @@ constexpr int kBlocks = 2;
 constexpr std::int64_t kGridSide = 32;  // 1024 image tokens
 constexpr std::int64_t kTextTokens = 64;
 
-std::uint64_t splitmix64(std::uint64_t& state) {
-  state += 0x9e3779b97f4a7c15ULL;
-  std::uint64_t z = state;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-std::uint64_t name_hash(const std::string& name) {
-  std::uint64_t hash = 0xcbf29ce484222325ULL;
-  for (char c : name) {
-    hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
-  }
-  return hash;
-}
-
-// A [rows, columns] f32 tensor uniform in [-bound, bound), seeded by `name` and the row.
-Tensor uniform_tensor(const std::string& name, std::int64_t rows, std::int64_t columns,
-                      float bound) {
-  Tensor values = Tensor::empty({rows, columns}, DType::f32);
-  float* data = values.data_as<float>();
-  const std::uint64_t key = name_hash(name);
-  ethereal::parallel_for(0, rows, 16, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t row = begin; row < end; ++row) {
-      std::uint64_t state = key ^ (static_cast<std::uint64_t>(row) * 0xd1b54a32d192ed03ULL);
-      for (std::int64_t i = 0; i < columns; ++i) {
-        const auto bits = static_cast<std::uint32_t>(splitmix64(state) >> 40);
-        data[row * columns + i] =
-            bound * (2.0f * static_cast<float>(bits) * (1.0f / 16777216.0f) - 1.0f);
-      }
-    }
-  });
-  return values;
-}
-
-// Random weights in `format` for the layers the quant policy quantises, bf16 for the rest.
+// RandomWeightSource's weights (seed 0), in `format` for the layers the quant policy quantises and
+// in bf16 for the rest.
 class FormatWeightSource final : public ethereal::TransformerWeightSource {
  public:
-  explicit FormatWeightSource(std::optional<quant::QuantFormat> format) { policy_.format = format; }
+  explicit FormatWeightSource(std::optional<quant::QuantFormat> format)
+      : bf16_source_(0, ethereal::ModelPrecision::bf16()) {
+    policy_.format = format;
+  }
 
   LinearLayer linear(const std::string& prefix, std::int64_t out_features,
                      std::int64_t in_features) override {
-    const Tensor bias =
-        uniform_tensor(prefix + ".bias", 1, out_features, 0.1f).view({out_features});
-    const float bound = std::sqrt(3.0f / static_cast<float>(in_features));
-    const Tensor weight = uniform_tensor(prefix + ".weight", out_features, in_features, bound);
-    if (const std::optional<quant::QuantFormat> format = policy_.format_of("transformer", prefix)) {
-      return quant::QuantizedLinear(quant::quantize(weight, *format), bias);
+    const std::optional<quant::QuantFormat> format = policy_.format_of("transformer", prefix);
+    if (!format) {
+      return bf16_source_.linear(prefix, out_features, in_features);
     }
-    ethereal::cpu::PackedLinear layer =
-        ethereal::cpu::PackedLinear::allocate(out_features, in_features, DType::bf16, bias);
-    layer.write_rows(weight, 0);
-    return layer;
+    const Tensor bias =
+        ethereal::random_uniform_matrix(0, prefix + ".bias", 1, out_features, -0.1f, 0.1f)
+            .view({out_features});
+    const float bound = std::sqrt(3.0f / static_cast<float>(in_features));
+    const Tensor weight = ethereal::random_uniform_matrix(0, prefix + ".weight", out_features,
+                                                          in_features, -bound, bound);
+    return quant::QuantizedLinear(quant::quantize(weight, *format), bias);
   }
 
   Tensor norm_weight(const std::string& name, std::int64_t length) override {
-    Tensor values = uniform_tensor(name, 1, length, 0.1f).view({length});
-    float* data = values.data_as<float>();
-    for (std::int64_t i = 0; i < length; ++i) {
-      data[i] += 1.0f;  // [0.9, 1.1)
-    }
-    return values.to(DType::bf16);
+    return bf16_source_.norm_weight(name, length);
   }
 
  private:
+  ethereal::RandomWeightSource bf16_source_;
   quant::QuantPolicy policy_;
 };
 
@@ -180,7 +144,7 @@ FormatBlocks& blocks_of(const std::string& format_name) {
 }
 
 Tensor random_activations(std::int64_t rows, std::int64_t columns, const std::string& name) {
-  return uniform_tensor(name, rows, columns, 1.0f).to(DType::bf16);
+  return ethereal::random_uniform_matrix(0, name, rows, columns, -1.0f, 1.0f).to(DType::bf16);
 }
 
 // Seconds per block forward of each format (wall, CPU) and bytes per block, for the summary.

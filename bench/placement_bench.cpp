@@ -48,6 +48,7 @@
 #include "io/random_checkpoint.h"
 #include "models/qwen_image/transformer.h"
 #include "models/qwen_image/transformer_block_cache.h"
+#include "models/reference_models.h"
 #include "models/tiny_model.h"
 #include "runtime/allocator.h"
 #include "runtime/parallel.h"
@@ -98,18 +99,11 @@ Settings parse_settings(int argc, char** argv) {
   return settings;
 }
 
+// The released transformer's configuration with `blocks` blocks.
 nlohmann::json full_width_config(int blocks) {
-  return {{"_class_name", "QwenImageTransformer2DModel"},
-          {"patch_size", 2},
-          {"in_channels", 64},
-          {"out_channels", 16},
-          {"num_layers", blocks},
-          {"attention_head_dim", 128},
-          {"num_attention_heads", 24},
-          {"joint_attention_dim", 3584},
-          {"guidance_embeds", false},
-          {"axes_dims_rope", {16, 56, 56}},
-          {"zero_cond_t", true}};
+  nlohmann::json config = reference_model_files("qwen-image-edit-2511").transformer_config;
+  config["num_layers"] = blocks;
+  return config;
 }
 
 fs::path ensure_checkpoint(const Settings& settings) {

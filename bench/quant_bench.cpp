@@ -1,30 +1,42 @@
 // Quantised linear layers (fp8_e4m3, nf4, int8) against the bf16 linear layer, the cost of
-// dequantising into oneDNN's packed layout, the machine's streaming read bandwidth, and the
-// round-trip error of each format.
+// dequantising into oneDNN's packed layout, the machine's streaming read bandwidth and bf16
+// matmul rate, and the round-trip error of each format.
 //
 // Linear benchmarks: x [M, K] bf16 -> y [M, N] bf16 with a bias, for the transformer's shapes
-// K = N = 3072 and K = 3072, N = 12288, with M = 1, 4, 16 and 32 rows (the direct path) and 1024
-// and 4096 rows (dequantise + matmul). Each quantised benchmark times its own forward pass and,
-// in the same iteration, the bf16 PackedLinear's on the same shape, and reports
-// vs_bf16 = (its time) / (bf16 time). Interleaving the two keeps the ratio meaningful on a
-// machine whose load changes during the run.
+// K = N = 3072 and K = 3072, N = 12288, with M = 1, 2, 4, 8, 16, 32, 48 and 64 rows (the
+// direct path) and 1024 and 4096 rows (dequantise + matmul). Each quantised benchmark times its own
+// forward pass and, in the same iteration, the bf16 PackedLinear's on the same shape, and
+// reports vs_bf16 = (its time) / (bf16 time). Interleaving the two keeps the ratio meaningful
+// on a machine whose load changes during the run. The families LinearFp8Panels etc. force the
+// dequantise + matmul path and LinearFp8Direct etc. the direct path at 16 to 256 rows, to
+// compare the two paths around the row limit that picks between them.
 //
 // vs_bf16_cpu is the same ratio in process CPU time (all threads), which on a shared machine
 // is less affected by the CPU share the process gets. OpenMP threads that spin while waiting
 // count as busy, so run with OMP_WAIT_POLICY=passive when comparing CPU time.
 //
-// For M < 64 (the direct path) the weights would stay in the 32 MiB L3 cache between
-// iterations, so the benchmark cycles through enough copies of the layer (at least 256 MiB of
-// weights) that every call reads its weights from memory, as one denoising step does. It then
-// reports weight_GB/s (weight bytes read per second) and pct_of_bandwidth, the share of the
-// streaming read bandwidth measured by StreamingRead in the same process (its fastest
-// iteration). On a shared machine the load during StreamingRead and during a later benchmark
-// differ, so it also reports pct_of_read: each iteration times, right after the forward pass,
-// a plain streaming read of as many bytes (on all threads, from a separate 256 MiB buffer), and
-// pct_of_read is that read's time over the forward pass's time, in percent.
+// Below kRotationRows rows the weights would stay in the 32 MiB L3 cache between iterations,
+// so the benchmark cycles through enough copies of the layer (at least 256 MiB of weights) that
+// every call reads its weights from memory, as one denoising step does. It then reports
+// weight_GB/s (weight bytes read per second) and pct_of_bandwidth, its share of the read
+// bandwidth (see the roofline below). On a shared machine the load during the fastest read and
+// during a later benchmark differ, so it also reports pct_of_read: each iteration times, right
+// after the forward pass, a plain streaming read of as many bytes (on all threads, from a separate
+// 256 MiB buffer), and pct_of_read is that read's time over the forward pass's time, in percent.
+//
+// Roofline: every linear benchmark reports pct_of_roofline = 100 * (lower bound) / (its time),
+// where the lower bound is max(weight bytes / bandwidth, 2 M K N / bf16 rate), and the two
+// references as ref_GB/s and ref_GFLOP/s. The bandwidth is the fastest read of the run so far
+// (StreamingRead's iterations and the reads interleaved with the linear benchmarks), and the
+// bf16 rate the fastest bf16 matmul so far (Bf16MatmulRate, the bf16 PackedLinear at
+// 1024 x 3072 x 3072, and the bf16 forward passes of the linear benchmarks). On a loaded
+// machine this makes the percentages of later benchmarks conservative rather than above 100.
+// Run the two reference benchmarks first (they are registered first) and keep them in any
+// --benchmark_filter.
 //
 // Suggested command (quote medians):
-//   ethereal_quant_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//   OMP_WAIT_POLICY=passive ethereal_quant_bench --benchmark_repetitions=5
+//   --benchmark_report_aggregates_only=true (one line)
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 
@@ -52,16 +64,33 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+using Path = QuantizedLinearOptions::Path;
+
 constexpr std::int64_t kRotationBytes = std::int64_t{256} << 20;
 constexpr std::int64_t kStreamBytes = std::int64_t{512} << 20;
+// Benchmarks with fewer rows cycle through copies of the layer (see the file comment).
+constexpr std::int64_t kRotationRows = 512;
 
-// Streaming read bandwidth in bytes per second, one entry per StreamingRead iteration.
+// Streaming read bandwidth in bytes per second: one entry per StreamingRead iteration and per
+// read that the linear benchmarks interleave with their forward passes.
 std::vector<double> stream_rates;
+// bf16 matmul rate in FLOP per second: one entry per Bf16MatmulRate iteration and per bf16
+// forward pass of the linear benchmarks.
+std::vector<double> matmul_rates;
 
-// The machine's read bandwidth: the fastest StreamingRead iteration, the one least disturbed
-// by other processes.
+double fastest(const std::vector<double>& rates) {
+  return rates.empty() ? 0.0 : *std::max_element(rates.begin(), rates.end());
+}
+
+// The machine's read bandwidth: the fastest read of the run so far, the one least disturbed by
+// other processes.
 double measured_bandwidth() {
-  return stream_rates.empty() ? 0.0 : *std::max_element(stream_rates.begin(), stream_rates.end());
+  return fastest(stream_rates);
+}
+
+// The bf16 matmul rate: the fastest bf16 matmul of the run so far.
+double measured_matmul_rate() {
+  return fastest(matmul_rates);
 }
 
 // Normal weights with standard deviation 0.02 (a cheap seeded generator per row, in parallel).
@@ -175,6 +204,26 @@ void run_streaming_read(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The bf16 PackedLinear on 1024 x 3072 x 3072 (the rate the large-batch path is compared
+// with), for the roofline of the linear benchmarks.
+void run_bf16_matmul_rate(benchmark::State& state) {
+  const std::int64_t rows = 1024, k = 3072, n = 3072;
+  const cpu::PackedLinear layer(normal_weight(n, k, 1).to(DType::bf16),
+                                uniform_tensor({n}, DType::bf16, 2));
+  const Tensor x = uniform_tensor({rows, k}, DType::bf16, 3);
+  const double flop = 2.0 * static_cast<double>(rows * k * n);
+  for (auto _ : state) {
+    const auto start = Clock::now();
+    Tensor y = layer.forward(x);
+    benchmark::DoNotOptimize(y.storage()->data());
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    state.SetIterationTime(seconds);
+    matmul_rates.push_back(flop / seconds);
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flop * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // Plain streaming reads of a given number of bytes, from a rotating offset in a 256 MiB buffer
 // so that they come from memory, like the layers' weights.
 class ReadBuffer {
@@ -183,8 +232,8 @@ class ReadBuffer {
     std::memset(buffer_.data(), 1, static_cast<std::size_t>(kRotationBytes));
   }
 
-  // Reads `bytes` (rounded down to whole 256-byte blocks per chunk) on all threads and returns
-  // the wall-clock seconds.
+  // Reads `bytes` (rounded down to whole 256-byte blocks per chunk) on all threads, records the
+  // rate in stream_rates and returns the wall-clock seconds.
   double read(std::int64_t bytes) {
     const std::int64_t chunk_words = bytes / 8 / kChunks / 32 * 32;
     const std::int64_t total = chunk_words * 8 * kChunks;
@@ -201,6 +250,7 @@ class ReadBuffer {
     });
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     benchmark::DoNotOptimize(sums_.data());
+    stream_rates.push_back(static_cast<double>(total) / seconds);
     return seconds;
   }
 
@@ -219,17 +269,18 @@ struct LayerCopies {
   std::size_t quantized_bytes = 0;
 };
 
-LayerCopies make_layers(const std::optional<QuantFormat>& format, std::int64_t rows, std::int64_t k,
-                        std::int64_t n) {
+LayerCopies make_layers(const std::optional<QuantFormat>& format, Path path, std::int64_t rows,
+                        std::int64_t k, std::int64_t n) {
   const Tensor weight = normal_weight(n, k, 1);
   const Tensor bias = uniform_tensor({n}, DType::bf16, 2);
+  const QuantizedLinearOptions options{.path = path};
   LayerCopies layers;
   layers.bf16.emplace_back(weight.to(DType::bf16), bias);
   if (format) {
-    layers.quantized.emplace_back(quantize(weight, *format), bias);
+    layers.quantized.emplace_back(quantize(weight, *format), bias, options);
     layers.quantized_bytes = layers.quantized.front().weight().nbytes();
   }
-  if (rows < 64) {
+  if (rows < kRotationRows) {
     const std::int64_t bf16_bytes = n * k * 2;
     for (std::int64_t total = bf16_bytes; total < kRotationBytes; total += bf16_bytes) {
       layers.bf16.emplace_back(weight.to(DType::bf16), bias);
@@ -237,7 +288,8 @@ LayerCopies make_layers(const std::optional<QuantFormat>& format, std::int64_t r
     if (format) {
       const auto bytes = static_cast<std::int64_t>(layers.quantized_bytes);
       for (std::int64_t total = bytes; total < kRotationBytes; total += bytes) {
-        layers.quantized.emplace_back(clone_weight(layers.quantized.front().weight()), bias);
+        layers.quantized.emplace_back(clone_weight(layers.quantized.front().weight()), bias,
+                                      options);
       }
     }
   }
@@ -272,25 +324,40 @@ Times time_forward(const Layer& layer, const Tensor& x) {
           process_cpu_seconds() - cpu_start};
 }
 
-// Linear layer of M x K by K x N in `format` (bf16 when null), timed by hand. The quantised
-// forward is the benchmark's time, and the interleaved bf16 forward only feeds the ratios.
-void run_linear(benchmark::State& state, std::optional<QuantFormat> format) {
+// Lower bound on the time of a linear layer that reads `weight_bytes` and computes `flop`: the
+// larger of the read at the measured bandwidth and the matmul at the measured bf16 rate. 0 when
+// a reference benchmark did not run.
+double roofline_seconds(double weight_bytes, double flop) {
+  if (stream_rates.empty() || matmul_rates.empty()) {
+    return 0.0;
+  }
+  return std::max(weight_bytes / measured_bandwidth(), flop / measured_matmul_rate());
+}
+
+// Linear layer of M x K by K x N in `format` (bf16 when null) on `path`, timed by hand. The
+// quantised forward is the benchmark's time, and the interleaved bf16 forward only feeds the
+// ratios.
+void run_linear(benchmark::State& state, std::optional<QuantFormat> format, Path path) {
   const std::int64_t rows = state.range(0), k = state.range(1), n = state.range(2);
-  LayerCopies layers = make_layers(format, rows, k, n);
+  LayerCopies layers = make_layers(format, path, rows, k, n);
   const Tensor x = uniform_tensor({rows, k}, DType::bf16, 3);
   const double weight_bytes =
       format ? static_cast<double>(layers.quantized_bytes) : 2.0 * static_cast<double>(n * k);
-  // Created on first use, for the benchmarks with M < 64, and kept for the others.
+  const bool from_memory = rows < kRotationRows;
+  // Created on first use, for the benchmarks that read their weights from memory, and kept for
+  // the others.
   static std::optional<ReadBuffer> read_buffer;
-  if (rows < 64 && !read_buffer) {
+  if (from_memory && !read_buffer) {
     read_buffer.emplace();
   }
+  const double flop = 2.0 * static_cast<double>(rows) * static_cast<double>(k) * n;
   std::size_t next_bf16 = 0, next_quantized = 0;
   Times bf16_total, quantized_total;
   double read_total = 0.0;
   for (auto _ : state) {
     const Times bf16 = time_forward(layers.bf16[next_bf16++ % layers.bf16.size()], x);
     bf16_total += bf16;
+    matmul_rates.push_back(flop / bf16.wall);
     double seconds = bf16.wall;
     if (format) {
       const Times quantized =
@@ -298,22 +365,27 @@ void run_linear(benchmark::State& state, std::optional<QuantFormat> format) {
       quantized_total += quantized;
       seconds = quantized.wall;
     }
-    if (rows < 64) {
+    if (from_memory) {
       read_total += read_buffer->read(static_cast<std::int64_t>(weight_bytes));
     }
     state.SetIterationTime(seconds);
   }
 
-  const double flop = 2.0 * static_cast<double>(rows) * static_cast<double>(k) * n;
   state.counters["GFLOP/s"] =
       benchmark::Counter(flop * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   if (format) {
     state.counters["vs_bf16"] = quantized_total.wall / bf16_total.wall;
     state.counters["vs_bf16_cpu"] = quantized_total.cpu / bf16_total.cpu;
   }
-  if (rows < 64) {
-    const double seconds = format ? quantized_total.wall : bf16_total.wall;
-    const double rate = weight_bytes * static_cast<double>(state.iterations()) / seconds;
+  const double seconds = format ? quantized_total.wall : bf16_total.wall;
+  const double iterations = static_cast<double>(state.iterations());
+  if (const double bound = roofline_seconds(weight_bytes, flop); bound > 0.0) {
+    state.counters["pct_of_roofline"] = 100.0 * bound * iterations / seconds;
+    state.counters["ref_GB/s"] = measured_bandwidth() * 1e-9;
+    state.counters["ref_GFLOP/s"] = measured_matmul_rate() * 1e-9;
+  }
+  if (from_memory) {
+    const double rate = weight_bytes * iterations / seconds;
     state.counters["weight_GB/s"] = rate * 1e-9;
     state.counters["pct_of_read"] = 100.0 * read_total / seconds;
     if (!stream_rates.empty()) {
@@ -363,7 +435,11 @@ void run_round_trip_error(benchmark::State& state, QuantFormat format, ScaleGran
 }
 
 void register_benchmarks() {
+  // The two references of the roofline, first.
   benchmark::RegisterBenchmark("StreamingRead", run_streaming_read)
+      ->UseManualTime()
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("Bf16MatmulRate", run_bf16_matmul_rate)
       ->UseManualTime()
       ->Unit(benchmark::kMillisecond);
 
@@ -372,12 +448,26 @@ void register_benchmarks() {
       {"Fp8", QuantFormat::fp8_e4m3},
       {"Nf4", QuantFormat::nf4},
       {"Int8", QuantFormat::int8}};
-  for (const auto& [name, format] : formats) {
-    benchmark::RegisterBenchmark((std::string("Linear") + name).c_str(), run_linear, format)
+  const auto register_linear = [](const std::string& label, std::optional<QuantFormat> format,
+                                  Path path, std::vector<std::int64_t> rows) {
+    benchmark::RegisterBenchmark(label.c_str(), run_linear, format, path)
         ->ArgNames({"M", "K", "N"})
-        ->ArgsProduct({{1, 4, 16, 32, 1024, 4096}, {3072}, {3072, 12288}})
+        ->ArgsProduct({std::move(rows), {3072}, {3072, 12288}})
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
+  };
+  for (const auto& [name, format] : formats) {
+    register_linear(std::string("Linear") + name, format, Path::automatic,
+                    {1, 2, 4, 8, 16, 32, 48, 64, 1024, 4096});
+  }
+  // Each path forced, around the row limit that picks between them.
+  for (const auto& [name, format] : formats) {
+    if (format) {
+      register_linear(std::string("Linear") + name + "Panels", format, Path::dequantize_matmul,
+                      {16, 32, 48, 64, 96, 128, 192, 256});
+      register_linear(std::string("Linear") + name + "Direct", format, Path::direct,
+                      {64, 96, 128, 192, 256});
+    }
   }
 
   for (const auto& [name, format] : formats) {

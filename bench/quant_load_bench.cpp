@@ -27,10 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <functional>
 #include <optional>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -38,10 +35,12 @@
 #include <nlohmann/json.hpp>
 
 #include "io/model_directory.h"
-#include "io/safetensors_writer.h"
+#include "io/random_checkpoint.h"
+#include "models/model_directory_writer.h"
 #include "models/qwen_image/transformer.h"
 #include "models/qwen_image/transformer_config.h"
 #include "models/qwen_image/transformer_tensor_names.h"
+#include "models/reference_models.h"
 #include "models/tiny_model.h"
 #include "models/weight_loader.h"
 #include "pipeline/quantize_model.h"
@@ -58,67 +57,25 @@ using ethereal::quant::QuantFormat;
 constexpr QuantFormat kFormats[] = {QuantFormat::fp8_e4m3, QuantFormat::nf4, QuantFormat::int8};
 constexpr double kMiB = 1024.0 * 1024.0;
 
+// The released transformer's configuration with `blocks` blocks.
 nlohmann::json full_width_config(int blocks) {
-  return {{"_class_name", "QwenImageTransformer2DModel"},
-          {"patch_size", 2},
-          {"in_channels", 64},
-          {"out_channels", 16},
-          {"num_layers", blocks},
-          {"attention_head_dim", 128},
-          {"num_attention_heads", 24},
-          {"joint_attention_dim", 3584},
-          {"guidance_embeds", false},
-          {"axes_dims_rope", {16, 56, 56}},
-          {"zero_cond_t", true}};
+  nlohmann::json config =
+      ethereal::reference_model_files("qwen-image-edit-2511").transformer_config;
+  config["num_layers"] = blocks;
+  return config;
 }
 
-std::uint64_t splitmix64(std::uint64_t& state) {
-  state += 0x9e3779b97f4a7c15ULL;
-  std::uint64_t z = state;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-// A bf16 tensor entry of uniform values in [-bound, bound) (or ones for norms), generated in
-// chunks of rows while it is written.
-ethereal::SafetensorsEntry random_entry(const ethereal::TensorSpec& spec, std::uint64_t seed) {
-  ethereal::SafetensorsEntry entry;
-  entry.name = spec.name;
-  entry.dtype = DType::bf16;
-  entry.shape = spec.shape;
-  entry.write_data = [spec, seed](ethereal::TensorDataSink& sink) {
-    const std::int64_t count = ethereal::shape_numel(spec.shape);
-    const bool ones = spec.name.find("norm") != std::string::npos && spec.shape.size() == 1;
-    const double fan_in = spec.shape.size() > 1 ? static_cast<double>(spec.shape[1]) : 1.0;
-    const float bound = spec.shape.size() > 1 ? static_cast<float>(std::sqrt(3.0 / fan_in)) : 0.02f;
-    constexpr std::int64_t kChunk = 1 << 20;
-    std::vector<std::uint16_t> chunk;
-    std::uint64_t state = seed ^ std::hash<std::string>{}(spec.name);
-    for (std::int64_t first = 0; first < count; first += kChunk) {
-      const std::int64_t length = std::min(kChunk, count - first);
-      chunk.resize(static_cast<std::size_t>(length));
-      for (std::uint16_t& value : chunk) {
-        const float uniform =
-            static_cast<float>(splitmix64(state) >> 40) * (1.0f / 16777216.0f);  // [0, 1)
-        value = ethereal::f32_to_bf16(ones ? 1.0f : bound * (2.0f * uniform - 1.0f));
-      }
-      sink.write(std::as_bytes(std::span(chunk)));
-    }
-  };
-  return entry;
-}
-
+// Writes a transformer directory of seeded uniform random bf16 weights (write_random_checkpoint).
 void write_model(const fs::path& root, int blocks) {
   const nlohmann::json config = full_width_config(blocks);
   fs::create_directories(root / "transformer");
-  std::ofstream(root / "transformer" / "config.json") << config.dump(2) << "\n";
-  std::vector<ethereal::SafetensorsEntry> entries;
+  ethereal::write_json_file(root / "transformer" / "config.json", config);
+  std::vector<std::pair<std::string, ethereal::Shape>> tensors;
   for (const ethereal::TensorSpec& spec : ethereal::transformer_tensor_specs(config)) {
-    entries.push_back(random_entry(spec, 17));
+    tensors.emplace_back(spec.name, spec.shape);
   }
-  ethereal::write_safetensors(root / "transformer" / "diffusion_pytorch_model.safetensors",
-                              entries);
+  ethereal::write_random_checkpoint(root / "transformer" / "diffusion_pytorch_model.safetensors",
+                                    tensors, 17);
 }
 
 // One load in this process; prints "seconds loaded_bytes peak_bytes peak_rss_bytes".

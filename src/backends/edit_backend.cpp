@@ -22,8 +22,7 @@ namespace ethereal {
 namespace {
 
 std::vector<std::string> optimizations_of(const memory::LoadStrategy& strategy,
-                                          const std::vector<memory::Attempt>& attempts,
-                                          bool resolution_reduced) {
+                                          const std::vector<memory::Attempt>& attempts) {
   std::vector<std::string> applied;
   if (strategy.weight_format) {
     applied.push_back(strategy.weight_format_name() + " weights");
@@ -35,9 +34,6 @@ std::vector<std::string> optimizations_of(const memory::LoadStrategy& strategy,
     if (attempt.outcome == "success" && attempt.phase == "edit" && attempt.reduced_working_memory) {
       applied.push_back("attention in query tiles and tiled VAE");
     }
-  }
-  if (resolution_reduced) {
-    applied.push_back("lower resolution, upscaled to the requested size");
   }
   return applied;
 }
@@ -267,7 +263,7 @@ BackendLoadReport EnhancedImageEditBackend::load() {
     entry.peak_host_bytes = read_process_memory().peak_resident_bytes;
     entry.success = report.success;
     if (report.success) {
-      entry.optimizations = optimizations_of(loaded_.strategy, report.attempts, false);
+      entry.optimizations = optimizations_of(loaded_.strategy, report.attempts);
     }
     entry.fallbacks = fallbacks_of(report.attempts);
     entry.error = report.error;
@@ -371,8 +367,13 @@ BackendEditResult EnhancedImageEditBackend::edit(const std::string& prompt,
     entry.peak_device_bytes = out.report.peak_reserved_bytes;
     entry.peak_host_bytes = out.report.peak_resident_bytes;
     entry.success = success;
-    entry.optimizations =
-        optimizations_of(out.report.strategy, out.report.attempts, out.report.resolution_reduced);
+    entry.optimizations = optimizations_of(out.report.strategy, out.report.attempts);
+    if (out.report.resolution_reduced) {
+      entry.optimizations.push_back(
+          fmt::format("computed at {}x{}, upscaled to the requested {}x{}",
+                      out.report.computed_size.width, out.report.computed_size.height,
+                      out.report.requested_size.width, out.report.requested_size.height));
+    }
     entry.fallbacks = fallbacks_of(out.report.attempts);
     const EditResult& result = out.report.result;
     entry.stage_s = {{"load", out.report.load_s},

@@ -9,20 +9,13 @@
 
 #include "io/safetensors_writer.h"
 #include "runtime/error.h"
+#include "runtime/seeded_random.h"
 
 namespace ethereal {
 
 namespace {
 
 constexpr std::int64_t kChunkElements = 256 * 1024;
-
-std::uint64_t next_random(std::uint64_t& state) {
-  state += 0x9e3779b97f4a7c15ULL;
-  std::uint64_t z = state;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 bool ends_with(std::string_view text, std::string_view suffix) {
   return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
@@ -66,8 +59,7 @@ void write_random_checkpoint(const std::filesystem::path& path,
       for (std::int64_t first = 0; first < count; first += kChunkElements) {
         const auto chunk = static_cast<std::size_t>(std::min(kChunkElements, count - first));
         for (std::size_t i = 0; i < chunk; ++i) {
-          const auto bits = static_cast<std::uint32_t>(next_random(state) >> 40);  // 24 bits
-          values[i] = low + (high - low) * (static_cast<float>(bits) * (1.0f / 16777216.0f));
+          values[i] = uniform_from_bits(splitmix64(state), low, high);
         }
         convert_elements(values.data(), DType::f32, bytes.data(), dtype, chunk);
         sink.write(std::span(bytes.data(), dtype_bytes(dtype, chunk)));

@@ -405,10 +405,14 @@ std::vector<std::string> MemoryManager::get_recommended_strategy(
 
 MemoryManager::Loaded MemoryManager::load_model_with_fallback(
     const ModelDirectory& model, const std::vector<LoadStrategy>& order,
-    const PipelineLoadOptions& base, std::vector<Attempt>& attempts) {
+    const PipelineLoadOptions& base, std::vector<Attempt>& attempts,
+    const std::function<void(const LoadStrategy&)>& before_load) {
   Allocator& allocator = current_allocator(Device::cpu());
   for (std::size_t i = 0; i < order.size(); ++i) {
     const LoadStrategy& strategy = order[i];
+    if (before_load) {
+      before_load(strategy);
+    }
     const auto start = Clock::now();
     if (events_ != nullptr) {
       events_->record(EventType::load, {{"phase", "start"}, {"strategy", strategy.name}});
@@ -547,9 +551,17 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
     }
   };
 
+  // The plans at the last size tried, for the advice when nothing fits.
+  std::vector<StrategyPlan> last_plans;
+  ImageSize last_size = size;
   for (int reduction = 0;; ++reduction) {
     EditRequest request = managed.edit;
     request.output_size = size;
+    // A lower resolution applies to the references' VAE copies too: they are part of the
+    // transformer's sequence and of the VAE encoder's work.
+    const ImageSize& requested = managed_result.requested_size;
+    request.reference_pixels *= static_cast<double>(size.width) * size.height /
+                                (static_cast<double>(requested.width) * requested.height);
     // Plan every candidate at this size and keep those that fit, best first.
     PlanRequest plan_request;
     plan_request.image_sizes.clear();
@@ -557,6 +569,7 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
       plan_request.image_sizes.push_back({image.width(), image.height()});
     }
     plan_request.output_size = size;
+    plan_request.reference_pixels = request.reference_pixels;
     plan_request.steps = request.steps;
     plan_request.cfg_scale = request.cfg_scale;
     plan_request.prompt = request.prompt;
@@ -580,10 +593,14 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
     const bool any_fits =
         std::any_of(order_names.begin(), order_names.end(),
                     [&](const std::string& name) { return find_plan(plans, name)->fits; });
-    if (!any_fits && config_.fallback_enabled && !plans.empty()) {
-      // The plans may be pessimistic about the host memory that is free right now. So the
-      // leanest strategy is tried anyway, after an explicitly requested one, before the
-      // resolution is reduced.
+    // Under an explicit memory limit the allocator's capacity is the budget, and a dry run
+    // under that capacity fails exactly when the real run would.
+    const bool budget_is_capacity = hardware_.memory_limit_bytes.has_value() &&
+                                    tier_budget.device_bytes == *hardware_.memory_limit_bytes;
+    if (!any_fits && config_.fallback_enabled && !plans.empty() && !budget_is_capacity) {
+      // A budget measured from the free host memory may be pessimistic. So the leanest
+      // strategy is tried anyway, after an explicitly requested one, before the resolution is
+      // reduced.
       const StrategyPlan* leanest = &*std::min_element(
           plans.begin(), plans.end(), [](const StrategyPlan& a, const StrategyPlan& b) {
             if (a.shortfall_bytes != b.shortfall_bytes) {
@@ -600,6 +617,8 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
       managed_result.plans = plans;
       managed_result.recommended = order_names;
     }
+    last_plans = plans;
+    last_size = size;
     std::vector<LoadStrategy> order;
     for (const std::string& name : order_names) {
       const StrategyPlan* plan = find_plan(plans, name);
@@ -636,7 +655,19 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
       const std::size_t first_load_attempt = attempts.size();
       try {
         if (!loaded.pipeline) {
-          loaded = load_model_with_fallback(model, remaining, base, attempts);
+          // An offloaded placement checks its checkpoints at load time in dry runs, which
+          // install a dry-run allocator process-wide as a plan does. A sampler reading it could
+          // outlive it, so sampling pauses for those loads.
+          const auto sample_resident_loads = [&](const LoadStrategy& strategy) {
+            if (strategy.placement == Placement::resident) {
+              recording.resume();
+            } else {
+              recording.pause();
+            }
+          };
+          loaded =
+              load_model_with_fallback(model, remaining, base, attempts, sample_resident_loads);
+          recording.resume();
         }
       } catch (const MemoryExhaustedError&) {
         for (std::size_t i = first_load_attempt; i < attempts.size(); ++i) {
@@ -829,8 +860,10 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
     if (!smaller) {
       break;
     }
-    spdlog::warn("no strategy fits {}x{}; retrying at {}x{}, upscaled back afterwards", size.width,
-                 size.height, smaller->width, smaller->height);
+    spdlog::warn(
+        "no strategy fits {}x{}; retrying at {}x{} with the references scaled alike, upscaled "
+        "back afterwards",
+        size.width, size.height, smaller->width, smaller->height);
     if (events_ != nullptr) {
       events_->record(EventType::resolution_reduction, {{"from_width", size.width},
                                                         {"from_height", size.height},
@@ -846,15 +879,18 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
     tried += fmt::format("\n  - {} ({}): {}{}", attempt.strategy, attempt.phase, attempt.outcome,
                          attempt.reduced_working_memory ? " with reduced working memory" : "");
   }
-  std::string advice;
-  const StrategyPlan* closest = nullptr;
-  for (const StrategyPlan& plan : managed_result.plans) {
-    if (closest == nullptr || plan.shortfall_bytes < closest->shortfall_bytes) {
-      closest = &plan;
+  const TierBudget tier_budget = budget();
+  const auto leanest_plan = [](const std::vector<StrategyPlan>& plans) {
+    const StrategyPlan* closest = nullptr;
+    for (const StrategyPlan& plan : plans) {
+      if (closest == nullptr || plan.shortfall_bytes < closest->shortfall_bytes) {
+        closest = &plan;
+      }
     }
-  }
-  if (closest != nullptr) {
-    const TierBudget tier_budget = budget();
+    return closest;
+  };
+  std::string advice;
+  if (const StrategyPlan* closest = leanest_plan(managed_result.plans)) {
     advice = fmt::format(
         "\nThe leanest plan, {}, needs about {} at {}x{}; {} are available{}.",
         closest->strategy.name, format_mib(tier_budget.device_bytes + closest->shortfall_bytes),
@@ -866,12 +902,27 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
                           format_mib(closest->shortfall_bytes))
             : "");
   }
+  // The need at the smallest size tried shows how much a lower resolution helps; the text
+  // encoder and the reference images do not shrink with the output.
+  const StrategyPlan* smallest = leanest_plan(last_plans);
+  if (smallest != nullptr && last_size != managed_result.requested_size) {
+    advice += fmt::format(" At {}x{}, the smallest size tried, {} needs about {}.", last_size.width,
+                          last_size.height, smallest->strategy.name,
+                          format_mib(tier_budget.device_bytes + smallest->shortfall_bytes));
+  }
   if (events_ != nullptr) {
     events_->record(EventType::edit, {{"phase", "end"}, {"success", false}});
   }
-  throw MemoryExhaustedError(
-      fmt::format("the edit did not fit in memory after every fallback. Tried:{}{}", tried, advice),
-      attempts);
+  const std::string what =
+      attempts.empty()
+          ? fmt::format(
+                "the edit did not fit in memory: no strategy's plan fits in {} at {}x{}{}, "
+                "so none was run.",
+                format_mib(tier_budget.device_bytes), managed_result.requested_size.width,
+                managed_result.requested_size.height,
+                last_size != managed_result.requested_size ? " or at a lower resolution" : "")
+          : fmt::format("the edit did not fit in memory after every fallback. Tried:{}", tried);
+  throw MemoryExhaustedError(what + advice, attempts);
 }
 
 }  // namespace ethereal::memory

@@ -120,9 +120,10 @@ struct ManagedEditResult {
 class MemoryManager {
  public:
   // `events`, `history` and `profiler` are optional and must outlive the manager. edit()
-  // samples with `profiler` itself, pausing while it plans: a dry-run plan swaps the process's
-  // current allocator, which a sampler thread must not read meanwhile. Callers therefore must
-  // not sample with the same profiler during edit().
+  // samples with `profiler` itself, pausing while it plans and while it loads an offloaded
+  // placement: a plan, and the file checks of such a load, run in dry runs that swap the
+  // process's current allocator, which a sampler thread must not read meanwhile. Callers
+  // therefore must not sample with the same profiler during edit().
   MemoryManager(MemoryConfig config, HardwareAssessment hardware, EventLog* events = nullptr,
                 HistoryStore* history = nullptr, MemoryProfiler* profiler = nullptr);
 
@@ -157,7 +158,8 @@ class MemoryManager {
 
   // Loads the first strategy in `order` that loads without running out of memory; on an
   // out-of-memory error frees what the attempt allocated, trims the allocator cache, logs the
-  // reason and tries the next. Throws MemoryExhaustedError when none loads.
+  // reason and tries the next. Throws MemoryExhaustedError when none loads. `before_load`, when
+  // set, runs before each load attempt with the strategy about to load.
   struct Loaded {
     std::unique_ptr<EditPipeline> pipeline;
     LoadStrategy strategy;
@@ -165,7 +167,8 @@ class MemoryManager {
   };
   Loaded load_model_with_fallback(const ModelDirectory& model,
                                   const std::vector<LoadStrategy>& order,
-                                  const PipelineLoadOptions& base, std::vector<Attempt>& attempts);
+                                  const PipelineLoadOptions& base, std::vector<Attempt>& attempts,
+                                  const std::function<void(const LoadStrategy&)>& before_load = {});
 
   // Plans, ranks, loads and edits with recovery (see the top of this file), records the run
   // in the history and the event log. `loaded`, when given, is a model loaded before: it is

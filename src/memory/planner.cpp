@@ -64,6 +64,7 @@ EditRequest plan_edit_request(const PlanRequest& request) {
   edit.steps = std::min(request.steps, kPlannedSteps);
   edit.cfg_scale = request.cfg_scale;
   edit.output_size = request.output_size;
+  edit.reference_pixels = request.reference_pixels;
   return edit;
 }
 

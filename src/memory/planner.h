@@ -39,6 +39,7 @@ namespace ethereal::memory {
 struct PlanRequest {
   std::vector<ImageSize> image_sizes = {{1024, 1024}};  // input images, at least one
   std::optional<ImageSize> output_size;                 // default: from the last image
+  double reference_pixels = 1024.0 * 1024.0;            // as EditRequest::reference_pixels
   int steps = 40;
   double cfg_scale = 4.0;
   std::string prompt = "Change the color of the car to red";

@@ -37,7 +37,6 @@ double seconds_since(Clock::time_point start) {
 
 // Pixel areas of the two copies of every input image.
 constexpr double kVisionArea = 384.0 * 384.0;
-constexpr double kVaeArea = 1024.0 * 1024.0;
 // VAE spatial factor (8) times transformer patch size (2).
 constexpr int kSizeMultiple = 16;
 constexpr int kLatentChannels = 16;
@@ -116,7 +115,7 @@ struct EditPipeline::Components {
   std::shared_ptr<ComponentResidency<QwenImageVae>> vae_encoder;
   std::shared_ptr<ComponentResidency<QwenImageVae>> vae_decoder;
 
-  PreparedImage prepare(const Image& input) const;
+  PreparedImage prepare(const Image& input, double reference_pixels) const;
   Tensor vision_embeddings(const TextEncoderWeights& encoder,
                            const std::vector<PreparedImage>& images) const;
   // Text-encoder hidden states [S_txt, hidden] without the system-prompt tokens.
@@ -336,7 +335,7 @@ EditPipeline EditPipeline::load(const ModelDirectory& model, const PipelineLoadO
   return EditPipeline(std::move(c));
 }
 
-PreparedImage EditPipeline::Components::prepare(const Image& input) const {
+PreparedImage EditPipeline::Components::prepare(const Image& input, double reference_pixels) const {
   const Image rgb = to_rgb(input);
   const double ratio = static_cast<double>(rgb.width()) / rgb.height();
   PreparedImage prepared;
@@ -345,7 +344,7 @@ PreparedImage EditPipeline::Components::prepare(const Image& input) const {
   prepared.vision = process_qwen2vl_image(
       resize(rgb, vision_size.width, vision_size.height, ResampleFilter::kLanczos), processor);
 
-  prepared.vae_size = calculate_dimensions(kVaeArea, ratio);
+  prepared.vae_size = calculate_dimensions(reference_pixels, ratio);
   prepared.vae_input = image_to_tensor(
       resize(rgb, prepared.vae_size.width, prepared.vae_size.height, ResampleFilter::kLanczos));
   return prepared;
@@ -417,6 +416,11 @@ void validate_edit_request(const EditRequest& request) {
     throw InvalidInputError(
         fmt::format("--cfg-scale must be between 0 and 100, got {}", request.cfg_scale));
   }
+  if (!(request.reference_pixels >= 256.0 * 256.0) || request.reference_pixels > 4096.0 * 4096.0) {
+    throw InvalidInputError(
+        fmt::format("the reference image area must be between 256^2 and 4096^2 pixels, got {}",
+                    request.reference_pixels));
+  }
   if (request.output_size) {
     const ImageSize& size = *request.output_size;
     if (size.width < kSizeMultiple || size.height < kSizeMultiple || size.width > 8192 ||
@@ -462,7 +466,7 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
   auto start = Clock::now();
   std::vector<PreparedImage> images;
   for (const Image& image : request.images) {
-    images.push_back(c.prepare(image));
+    images.push_back(c.prepare(image, request.reference_pixels));
   }
   Qwen25VlOptions text_options;
   text_options.attention_query_tile = memory.attention_query_tile;
@@ -523,6 +527,11 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
   start = Clock::now();
   ResidentHandle<QwenImageTransformer> transformer = c.transformer->acquire();
   TransformerBlockStream block_stream = transformer->open_block_stream();
+  // Each step makes one pass over the blocks, two with CFG. With the number of passes known,
+  // the stream loads no block after the last one that the stage uses.
+  if (scheduler.steps() > 0) {
+    block_stream.limit_passes(std::int64_t{scheduler.steps()} * (use_cfg ? 2 : 1));
+  }
   TransformerForwardOptions transformer_options;
   transformer_options.attention_query_tile = memory.attention_query_tile;
   transformer_options.block_stream = &block_stream;
@@ -549,8 +558,8 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
     }
     latents = scheduler.step(velocity, i, latents);
     if (i + 1 == scheduler.steps()) {
-      // The stage ends with its last step: the stream (and the blocks it loaded ahead) and the
-      // transformer are released before that step is reported.
+      // The stage ends with its last step: the stream and the transformer are released before
+      // that step is reported.
       block_stream = TransformerBlockStream();
       transformer.release();
     }

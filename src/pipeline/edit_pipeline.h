@@ -43,7 +43,10 @@ struct EditRequest {
   // A safetensors file with one f32 tensor "noise" of shape [1, 16, H/8, W/8] (a frame axis
   // [1, 16, 1, H/8, W/8] is accepted too), used instead of the seeded noise.
   std::optional<std::filesystem::path> initial_noise;
-  std::optional<ImageSize> output_size;       // default: last image's ratio at 1024^2
+  std::optional<ImageSize> output_size;  // default: last image's ratio at 1024^2
+  // Pixels of each reference image's VAE copy, at its own aspect ratio. The model was trained
+  // with 1024^2; the memory manager lowers it with the output size when it reduces resolution.
+  double reference_pixels = 1024.0 * 1024.0;
   std::optional<std::vector<double>> sigmas;  // custom schedule; its size is the step count
   // Replaces the model's scheduler configuration (the Lightning recipe uses a constant shift).
   std::optional<FlowMatchSchedulerConfig> scheduler;

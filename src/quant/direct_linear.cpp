@@ -77,6 +77,8 @@ struct TileTerms {
 // Channels per tile of the one-row kernel: 8 independent accumulators hide the latency of
 // vdpbf16ps.
 constexpr std::int64_t kWideTile = 8;
+// Rows up to which the register kernel runs (see choose_kernel).
+constexpr std::int64_t kMaxRegisterRows = 8;
 // Columns per segment of the register kernel; the nf4 block absmax values of a segment are
 // decoded before its weights.
 constexpr std::int64_t kSegmentColumns = 4096;
@@ -100,13 +102,17 @@ inline __m512bh as_bf16(__m512i bits) {
 // The sums of the lanes of a, b, c and d, in that order.
 inline __m128 sum_lanes4(__m512 a, __m512 b, __m512 c, __m512 d) {
   // Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3], then [a, b, c, d] partial sums.
-  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-  const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
-                                    _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m256 halves = _mm256_add_ps(
-      _mm512_castps512_ps256(abcd),
-      _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, _mm512_castps_pd(abcd), 1)));
+  const __m512 ab =
+      _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll16, a, b), _mm512_maskz_unpackhi_ps(kAll16, a, b));
+  const __m512 cd =
+      _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll16, c, d), _mm512_maskz_unpackhi_ps(kAll16, c, d));
+  const __m512 abcd =
+      _mm512_add_ps(_mm512_maskz_shuffle_ps(kAll16, ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                    _mm512_maskz_shuffle_ps(kAll16, ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512d wide = _mm512_castps_pd(abcd);
+  const __m256 halves =
+      _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, wide, 0)),
+                    _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xFF, wide, 1)));
   return _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
 }
 
@@ -179,20 +185,25 @@ inline __m512i nf4_pair_table(float first, float second) {
 
 // Decodes 128 nf4 codes (64 bytes, two blocks) into four registers in InputOrder::nibbles128.
 // Word i of the loaded bytes holds elements 4 i ... 4 i + 3 in its four nibbles, low nibble
-// first, so shifting it right by 4 p brings the code of element 4 i + p to bits 0..3. Word lanes
-// 16..31 hold the second block, so bit 4 of their table index is set; vpermw reads bits 0..4.
+// first. vpermw reads bits 0..4 of each 16-bit index, and word lanes 16..31 hold the second
+// block, so bit 4 of their index is set. One mask keeps nibbles 0 and 2 of every word (`even`)
+// or, after a shift by 4, nibbles 1 and 3 (`odd`), and sets the block bit in both bytes. The low
+// bytes then index elements 4 i and 4 i + 1, and after a shift by 8 the high bytes index 4 i + 2
+// and 4 i + 3. The four index vectors take 3 shifts and 2 logic instructions.
 inline void decode_nibbles128(const std::uint8_t* codes, __m512i table, __m512i parts[4]) {
   const __m512i bytes = _mm512_loadu_si512(codes);
-  const __m512i code_mask = _mm512_set1_epi16(0x000F);
-  const __m512i second_block = _mm512_maskz_set1_epi16(0xFFFF0000u, 0x0010);
+  const __m512i code_mask = _mm512_set1_epi16(0x0F0F);
+  const __m512i second_block = _mm512_maskz_set1_epi16(0xFFFF0000u, 0x1010);
   // (shifted & code_mask) | second_block
   const auto index = [&](__m512i shifted) {
     return _mm512_ternarylogic_epi32(shifted, code_mask, second_block, 0xEA);
   };
-  parts[0] = _mm512_permutexvar_epi16(index(bytes), table);
-  parts[1] = _mm512_permutexvar_epi16(index(_mm512_srli_epi16(bytes, 4)), table);
-  parts[2] = _mm512_permutexvar_epi16(index(_mm512_srli_epi16(bytes, 8)), table);
-  parts[3] = _mm512_permutexvar_epi16(index(_mm512_srli_epi16(bytes, 12)), table);
+  const __m512i even = index(bytes);
+  const __m512i odd = index(_mm512_srli_epi16(bytes, 4));
+  parts[0] = _mm512_permutexvar_epi16(even, table);
+  parts[1] = _mm512_permutexvar_epi16(odd, table);
+  parts[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(even, 8), table);
+  parts[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(odd, 8), table);
 }
 
 // The first `remaining` of 64 bytes, all of them for 64 or more: the codes of a row's last,
@@ -253,7 +264,7 @@ struct Nf4Absmax {
   }
 };
 
-// ---- Register kernel (1 to 4 rows) ----
+// ---- Register kernel (1 to 8 rows) ----
 
 // sums[r * Channels + c] = sum over k of x[r][k] * decoded W[n0 + c, k] for r < Rows and
 // c < Channels, with Rows x Channels accumulators and the decoded weights in registers. Channels
@@ -262,9 +273,11 @@ struct Nf4Absmax {
 template <QuantFormat F, int Rows, int Channels>
 void register_tile(const WeightView& w, const MagnitudeTables& tables, const std::uint16_t* x,
                    std::int64_t x_stride, std::int64_t n0, std::int64_t ahead, float* sums) {
-  static_assert(Channels % 4 == 0);
   constexpr std::int64_t kChunk = kFastChunk<F>;
   constexpr int kParts = static_cast<int>(kChunk / 32);
+  // Up to 8 input vectors of a chunk are loaded once and kept in registers for all channels.
+  // More would crowd the accumulators, so then each channel loads them again (from L1).
+  constexpr bool kKeepInputs = Rows * kParts <= 8;
   constexpr bool kNf4 = F == QuantFormat::nf4;
   const std::int64_t k = w.in_features;
   const std::uint8_t* const values = w.values;
@@ -283,10 +296,15 @@ void register_tile(const WeightView& w, const MagnitudeTables& tables, const std
   alignas(64) float absmax[Channels][kNf4 ? kSegmentColumns / kNf4BlockSize : 1];
   // One chunk of columns [k0, k0 + kChunk) of a segment that starts at s0.
   const auto step = [&]<bool Masked>(std::int64_t k0, std::int64_t s0) {
+    const auto input = [&](int r, int p) {
+      return as_bf16(_mm512_loadu_si512(x + r * x_stride + k0 + 32 * p));
+    };
     __m512bh inputs[Rows][kParts];
-    for (int r = 0; r < Rows; ++r) {
-      for (int p = 0; p < kParts; ++p) {
-        inputs[r][p] = as_bf16(_mm512_loadu_si512(x + r * x_stride + k0 + 32 * p));
+    if constexpr (kKeepInputs) {
+      for (int r = 0; r < Rows; ++r) {
+        for (int p = 0; p < kParts; ++p) {
+          inputs[r][p] = input(r, p);
+        }
       }
     }
 #pragma GCC unroll 8
@@ -304,7 +322,11 @@ void register_tile(const WeightView& w, const MagnitudeTables& tables, const std
       _mm_prefetch(reinterpret_cast<const char*>(codes + ahead), _MM_HINT_T1);
       for (int r = 0; r < Rows; ++r) {
         for (int p = 0; p < kParts; ++p) {
-          acc[r][c] = _mm512_dpbf16_ps(acc[r][c], inputs[r][p], as_bf16(parts[p]));
+          if constexpr (kKeepInputs) {
+            acc[r][c] = _mm512_dpbf16_ps(acc[r][c], inputs[r][p], as_bf16(parts[p]));
+          } else {
+            acc[r][c] = _mm512_dpbf16_ps(acc[r][c], input(r, p), as_bf16(parts[p]));
+          }
         }
       }
     }
@@ -330,11 +352,18 @@ void register_tile(const WeightView& w, const MagnitudeTables& tables, const std
       }
     }
   }
-  for (int r = 0; r < Rows; ++r) {
-    for (int c = 0; c < Channels; c += 4) {
-      _mm_storeu_ps(sums + r * Channels + c,
-                    sum_lanes4(acc[r][c], acc[r][c + 1], acc[r][c + 2], acc[r][c + 3]));
-    }
+  // acc in row-major order, summed four accumulators at a time.
+  const __m512* flat = &acc[0][0];
+  int i = 0;
+  for (; i + 4 <= Rows * Channels; i += 4) {
+    _mm_storeu_ps(sums + i, sum_lanes4(flat[i], flat[i + 1], flat[i + 2], flat[i + 3]));
+  }
+  if (i < Rows * Channels) {
+    const __m512 zero = _mm512_setzero_ps();
+    const auto at = [&](int j) { return j < Rows * Channels ? flat[j] : zero; };
+    alignas(16) float last[4];
+    _mm_store_ps(last, sum_lanes4(at(i), at(i + 1), at(i + 2), at(i + 3)));
+    std::copy(last, last + Rows * Channels - i, sums + i);
   }
 }
 
@@ -481,25 +510,30 @@ inline __m512 sum_lanes16(const __m512* acc) {
   __m512 quad[4];
   for (int q = 0; q < 4; ++q) {
     const __m512* a = acc + 4 * q;
-    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
-    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
-    quad[q] = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
-                            _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 ab = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll16, a[0], a[1]),
+                                    _mm512_maskz_unpackhi_ps(kAll16, a[0], a[1]));
+    const __m512 cd = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll16, a[2], a[3]),
+                                    _mm512_maskz_unpackhi_ps(kAll16, a[2], a[3]));
+    quad[q] = _mm512_add_ps(_mm512_maskz_shuffle_ps(kAll16, ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                            _mm512_maskz_shuffle_ps(kAll16, ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
   }
   // Sum the four 128-bit lanes of each quad[q] into 128-bit lane q of the result.
-  const __m512 q01 = _mm512_add_ps(_mm512_shuffle_f32x4(quad[0], quad[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm512_shuffle_f32x4(quad[0], quad[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512 q23 = _mm512_add_ps(_mm512_shuffle_f32x4(quad[2], quad[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm512_shuffle_f32x4(quad[2], quad[3], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 q01 =
+      _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll16, quad[0], quad[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                    _mm512_maskz_shuffle_f32x4(kAll16, quad[0], quad[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 q23 =
+      _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll16, quad[2], quad[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                    _mm512_maskz_shuffle_f32x4(kAll16, quad[2], quad[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll16, q01, q23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_maskz_shuffle_f32x4(kAll16, q01, q23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // to_bf16_bits of each lane, in the low 16 bits of the lane.
 inline __m512i to_bf16_lanes(__m512 values) {
   const __m512i bits = _mm512_castps_si512(values);
-  const __m512i high = _mm512_srli_epi32(bits, 16);
-  const __m512i rounded = _mm512_srli_epi32(
+  const __m512i high = _mm512_maskz_srli_epi32(kAll16, bits, 16);
+  const __m512i rounded = _mm512_maskz_srli_epi32(
+      kAll16,
       _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
                                               _mm512_and_si512(high, _mm512_set1_epi32(1)))),
       16);
@@ -515,8 +549,9 @@ void store_rows4(const __m512* acc, const TileTerms<kTile>& terms, Element* out,
                  std::int64_t stride) {
   const __m128 scale = _mm_loadu_ps(terms.scale);
   const __m128 bias = _mm_loadu_ps(terms.bias);
-  const __m512 values = _mm512_add_ps(
-      _mm512_mul_ps(sum_lanes16(acc), _mm512_broadcast_f32x4(scale)), _mm512_broadcast_f32x4(bias));
+  const __m512 values =
+      _mm512_add_ps(_mm512_mul_ps(sum_lanes16(acc), _mm512_maskz_broadcast_f32x4(kAll16, scale)),
+                    _mm512_maskz_broadcast_f32x4(kAll16, bias));
   if constexpr (sizeof(Element) == sizeof(float)) {
     alignas(64) float lanes[16];
     _mm512_store_ps(lanes, values);
@@ -526,7 +561,7 @@ void store_rows4(const __m512* acc, const TileTerms<kTile>& terms, Element* out,
   } else {
     alignas(32) std::uint16_t words[16];
     _mm256_store_si256(reinterpret_cast<__m256i*>(words),
-                       _mm512_cvtepi32_epi16(to_bf16_lanes(values)));
+                       _mm512_maskz_cvtepi32_epi16(kAll16, to_bf16_lanes(values)));
     for (int r = 0; r < 4; ++r) {
       std::memcpy(out + r * stride, words + 4 * r, 4 * sizeof(std::uint16_t));
     }
@@ -631,26 +666,35 @@ void permute_row(const DirectPlan& plan, const std::uint16_t* natural, std::uint
   }
 }
 
-// The kernels, and the output channels per tile of each.
-enum class Kernel : std::uint8_t { one_row, two_rows, three_rows, four_rows, buffered };
+// The kernel for a number of rows: the register kernel with `channels` channels per tile, or
+// the buffered kernel when `register_rows` is 0.
+struct Kernel {
+  int register_rows = 0;
+  std::int64_t channels = kTile;
+};
 
+// Picks the register kernel for up to kMaxRegisterRows rows: 8 channels per tile for 1 row, 4
+// for 2 rows and for 3 or 4 rows of fp8 and int8, else 2, whose accumulators leave registers
+// for the decoder. On the 2-core Zen 4 VM of docs/benchmarks/quant.md, with one thread and the
+// weights in the L3 cache, the register kernel ran up to 20% faster than the buffered kernel
+// at 3 to 8 rows. It ran as fast at 9 rows, and 7 to 45% slower at 12 and 16 rows.
 Kernel choose_kernel(const DirectPlan& plan) {
-  if (plan.order == InputOrder::natural) {
-    return Kernel::buffered;
+  const std::int64_t rows = plan.rows;
+  if (plan.order == InputOrder::natural || rows > kMaxRegisterRows) {
+    return {};
   }
-  // The decoded nf4 chunk (4 registers) and the inputs of more than 2 rows (4 registers per
-  // row) do not fit in registers next to the accumulators.
-  const std::int64_t register_rows = plan.order == InputOrder::nibbles128 ? 2 : 4;
-  if (plan.rows > register_rows) {
-    return Kernel::buffered;
+  const bool nf4 = plan.order == InputOrder::nibbles128;
+  if (rows == 1) {
+    return {1, kWideTile};
   }
-  static constexpr Kernel kByRows[] = {Kernel::one_row, Kernel::two_rows, Kernel::three_rows,
-                                       Kernel::four_rows};
-  return kByRows[plan.rows - 1];
+  if (rows == 2 || (!nf4 && rows <= 4)) {
+    return {static_cast<int>(rows), kTile};
+  }
+  return {static_cast<int>(rows), 2};
 }
 
 std::int64_t tile_channels(Kernel kernel) {
-  return kernel == Kernel::one_row ? kWideTile : kTile;
+  return kernel.channels;
 }
 
 template <typename Element>
@@ -659,26 +703,21 @@ void run_tiles(const WeightView& w, const DirectPlan& plan, const std::uint16_t*
                std::int64_t tile_end) {
   dispatch_format(w.format, [&](auto constant) {
     constexpr QuantFormat F = decltype(constant)::value;
-    switch (kernel) {
-      case Kernel::one_row:
-        run_register<F, 1, kWideTile>(w, plan, x, bias, out, tile_begin, tile_end);
-        return;
-      case Kernel::two_rows:
-        run_register<F, 2, kTile>(w, plan, x, bias, out, tile_begin, tile_end);
-        return;
-      case Kernel::three_rows:
-        if constexpr (F != QuantFormat::nf4) {
-          run_register<F, 3, kTile>(w, plan, x, bias, out, tile_begin, tile_end);
-          return;
-        }
-        break;
-      case Kernel::four_rows:
-        if constexpr (F != QuantFormat::nf4) {
-          run_register<F, 4, kTile>(w, plan, x, bias, out, tile_begin, tile_end);
-          return;
-        }
-        break;
-      case Kernel::buffered: break;
+    const auto run = [&]<int Rows, int Channels>() {
+      run_register<F, Rows, Channels>(w, plan, x, bias, out, tile_begin, tile_end);
+    };
+    switch (kernel.register_rows * 16 + static_cast<int>(kernel.channels)) {
+      case 1 * 16 + kWideTile: run.template operator()<1, kWideTile>(); return;
+      case 2 * 16 + kTile: run.template operator()<2, kTile>(); return;
+      case 3 * 16 + kTile: run.template operator()<3, kTile>(); return;
+      case 4 * 16 + kTile: run.template operator()<4, kTile>(); return;
+      case 3 * 16 + 2: run.template operator()<3, 2>(); return;
+      case 4 * 16 + 2: run.template operator()<4, 2>(); return;
+      case 5 * 16 + 2: run.template operator()<5, 2>(); return;
+      case 6 * 16 + 2: run.template operator()<6, 2>(); return;
+      case 7 * 16 + 2: run.template operator()<7, 2>(); return;
+      case 8 * 16 + 2: run.template operator()<8, 2>(); return;
+      default: break;
     }
     run_buffered<F>(w, plan, x, bias, out, tile_begin, tile_end);
   });

@@ -4,26 +4,37 @@
 // The kernels run on AVX-512 BF16 (vdpbf16ps: 32 bf16 products per instruction, f32
 // accumulation) and in parallel over tiles of output channels:
 //
-// Register kernel (1 row; 2 to 4 rows for fp8 and int8, 2 for nf4): tiles of 8 channels for one
-// row, else 4. The weights are decoded in registers, 64 (fp8, int8) or 128 (nf4) at a time, and
-// multiplied with every row right away into rows x channels accumulators.
+// Register kernel (1 to 8 rows, except nf4 whose in_features is not a multiple of 128): tiles
+// of 8 channels for 1 row, 4 for 2 rows and for 3 or 4 rows of fp8 and int8, else 2. The
+// weights are decoded in registers, 64 (fp8, int8) or 128 (nf4) at a time, and multiplied with
+// every row right away into rows x channels accumulators.
 //
-// Buffered kernel (more rows, and nf4 whose in_features is not a multiple of 128): tiles of 4
-// channels. Up to 3072 columns of the tile are decoded once into a bf16 buffer on the stack
-// (24 KiB, in the L1 cache). The buffer is multiplied with up to 60 rows, in micro-tiles of up
-// to 6 rows x 4 channels whose 24 accumulators stay in registers.
+// Buffered kernel (9 rows or more, and nf4 whose in_features is not a multiple of 128): tiles
+// of 4 channels. Up to 3072 columns of the tile are decoded once into a bf16 buffer on the
+// stack (24 KiB). The buffer is multiplied with up to 60 rows, in micro-tiles of up to 6 rows x
+// 4 channels whose 24 accumulators stay in registers.
 //
 // Both prefetch the next tile's codes into the L2 cache while they compute the current tile, a
-// cache line for each one read. With the hardware prefetchers alone, one-row calls read their
-// weights at about half the memory bandwidth.
+// cache line for each one read. Without this, a one-row prototype read nf4 weights at about 40%
+// of the streaming read bandwidth of the 2-core Zen 4 VM of docs/benchmarks/quant.md, against
+// 75 to 85% with it (one run on the loaded machine).
+//
+// Cost, measured on that VM with one thread and the weights in the cache: one chunk of one
+// channel with M rows took about 2 M + 4 to 7 vdpbf16ps throughput times for fp8 and int8 (64
+// codes), and 4 M + 11 to 19 for nf4 (128 codes). So decoding adds to the multiplications
+// rather than overlapping them. Reading a chunk from memory takes about 10 such times per
+// core, so the kernels are compute-bound from about 3 rows for fp8 and int8 and from 1 row for
+// nf4. NOTE: these are estimates from timings on a shared machine without hardware counters. A
+// buffered kernel that decoded the next block between the multiplications of the micro-tiles
+// ran no faster there.
 //
 // Decoders (the input x is permuted once per call into the order in which they produce values):
 //   fp8, int8: a 128-entry table lookup (vpermt2b) gives the high and the low byte of the bf16
 //     of each code's magnitude, the sign bit is copied, and the two bytes are interleaved. A
 //     row's last, partial chunk of 64 is read with a masked load.
 //   nf4 (in_features a multiple of 128): one 64-byte load is 128 codes of two blocks. The bf16
-//     values of both blocks' 16 codes form one 32-entry table for vpermw, whose index is the
-//     code shifted out of its 16-bit word plus a bit that selects the block.
+//     values of both blocks' 16 codes form one 32-entry table for vpermw, whose index is a code
+//     shifted out of its 16-bit word plus a bit that selects the block.
 //   nf4 otherwise: 32 elements at a time in natural order through weight_decoder.h.
 //
 // Precision: the input is rounded to bf16, as in the bf16 oneDNN linear, and accumulation is

@@ -2,11 +2,14 @@
 //
 // Two paths, picked by the number of input rows M (all leading axes of x together):
 //
-// Direct (M < direct_row_limit, default 64): reading the weights dominates, so the weights are
-// decoded in registers and multiplied with x right away (direct_linear.h). Per call this
-// allocates the output and a bf16 copy of x [M, DirectPlan::padded_k] (in_features rounded up
-// to 32, 64 or 128, plus up to 32), plus a contiguous copy first when x is strided. Nothing the
-// size of the weight is allocated.
+// Direct (M < direct_row_limit, default 160): the weights are decoded in registers and
+// multiplied with x right away (direct_linear.h). With a few rows, reading the weights
+// dominates. At K = 3072 and N = 3072 or 12288 on the 2-core Zen 4 VM of
+// docs/benchmarks/quant.md, this path still ran faster than decoding the whole weight for the
+// matmul at 64 and 96 rows in every format and at 128 rows in five of six cases, and as fast or
+// slower at 256 rows in all six. Per call this allocates the output and a bf16 copy of x
+// [M, DirectPlan::padded_k] (in_features rounded up to 32, 64 or 128, plus up to 32), plus a
+// contiguous copy first when x is strided. Nothing the size of the weight is allocated.
 //
 // Dequantise + matmul (larger M): the matmul costs O(M K N) and the decoding O(K N), so the
 // weight is decoded into oneDNN's packed bf16 layout and multiplied by oneDNN's bf16 matmul.
@@ -42,7 +45,7 @@ struct QuantizedLinearOptions {
   enum class Path : std::uint8_t { automatic, direct, dequantize_matmul };
 
   // Inputs with fewer rows than this take the direct path.
-  std::int64_t direct_row_limit = 64;
+  std::int64_t direct_row_limit = 160;
   // Output channels per panel of the dequantise + matmul path, rounded up to a multiple of 64;
   // 0 picks one panel for weights of up to 24 MiB in bf16, else equal panels of about 8 MiB.
   std::int64_t panel_columns = 0;

@@ -187,7 +187,10 @@ void BlockStreamer::run_worker() {
   omp_set_num_threads(1);
   std::unique_lock lock(mutex_);
   while (true) {
-    changed_.wait(lock, [&] { return stopping_ || failure_ || on_device_ < options_.kept_blocks; });
+    changed_.wait(lock, [&] {
+      return stopping_ || failure_ ||
+             (on_device_ < options_.kept_blocks && next_load_ < acquisition_limit_);
+    });
     if (stopping_ || failure_) {
       return;
     }
@@ -205,10 +208,16 @@ LoadedBlock BlockStreamer::acquire(std::int64_t index) {
                     "order and block {} is next",
                     options_.group, index, expected));
   }
+  if (sequence >= acquisition_limit_) {
+    throw std::logic_error(fmt::format(
+        "block streamer for {}: block {} was requested, but all {} blocks the stream was "
+        "limited to were handed out",
+        options_.group, index, acquisition_limit_));
+  }
   if (!worker_.joinable()) {
     // Synchronous: load this block and, like the worker, the ones after it up to kept_blocks.
     while (!failure_ && on_device_ < options_.kept_blocks &&
-           next_load_ < sequence + options_.kept_blocks) {
+           next_load_ < sequence + options_.kept_blocks && next_load_ < acquisition_limit_) {
       load_into_slot(lock, claim_next_locked());
     }
   }
@@ -236,6 +245,16 @@ LoadedBlock BlockStreamer::acquire(std::int64_t index) {
     dry_workspace_ = current_allocator(Device::cpu()).allocate(options_.load_workspace_bytes);
   }
   return block;
+}
+
+void BlockStreamer::limit_acquisitions(std::int64_t count) {
+  if (count < 1) {
+    throw std::invalid_argument(
+        fmt::format("block streamer for {}: the acquisition limit must be at least 1, got {}",
+                    options_.group, count));
+  }
+  std::lock_guard lock(mutex_);
+  acquisition_limit_ = count;
 }
 
 void BlockStreamer::release(std::int64_t index, std::size_t bytes) noexcept {

@@ -22,6 +22,9 @@
 //     computes with the current one (double buffering with kept_blocks = 2). A failure in the
 //     worker is stored with the block it was loading and rethrown by acquire() for that block.
 //     A failure on a block that is never acquired is logged when the streamer is destroyed.
+//     A caller that knows how many blocks it will take sets limit_acquisitions(), so that the
+//     worker loads nothing past the last of them: the number of loads (and of allocations)
+//     is then the same in every run, whatever the threads' timing.
 //
 // Dry run: when the current allocator is in dry-run mode the streamer starts no thread.
 // acquire() then loads synchronously, filling ahead to kept_blocks exactly as far as the worker
@@ -37,6 +40,7 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -253,6 +257,11 @@ class BlockStreamer {
   LoadedBlock acquire(std::int64_t index);
   // Reports block `index` (of `bytes` device bytes) as released.
   void release(std::int64_t index, std::size_t bytes) noexcept;
+  // Hands out at most `count` blocks in all and loads none past the last of them. Call it before
+  // the first acquire(); without it the stream never ends, and the worker loads up to
+  // kept_blocks - 1 blocks ahead that no pass uses. A later acquire() throws std::logic_error.
+  // Throws std::invalid_argument for count < 1.
+  void limit_acquisitions(std::int64_t count);
 
   bool runs_in_background() const { return worker_.joinable(); }
   const BlockStreamOptions& options() const { return options_; }
@@ -282,6 +291,8 @@ class BlockStreamer {
   int on_device_ = 0;              // blocks loading, loaded or handed out
   std::int64_t next_load_ = 0;     // sequence number of the next block to load
   std::int64_t next_acquire_ = 0;  // sequence number acquire() hands out next
+  // Sequence numbers from here on are neither loaded nor handed out.
+  std::int64_t acquisition_limit_ = std::numeric_limits<std::int64_t>::max();
   int handed_out_ = 0;
   bool stopping_ = false;
   std::exception_ptr failure_;  // the first failed load; nothing is loaded after it
@@ -312,6 +323,9 @@ class TypedBlockStreamer {
     return ResidentHandle<Block>(
         std::move(value), [this, index, bytes = loaded.bytes] { core_.release(index, bytes); });
   }
+
+  // See BlockStreamer::limit_acquisitions.
+  void limit_acquisitions(std::int64_t count) { core_.limit_acquisitions(count); }
 
   bool runs_in_background() const { return core_.runs_in_background(); }
 

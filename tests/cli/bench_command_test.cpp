@@ -1,11 +1,8 @@
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +12,8 @@
 #include "cli/run_command.h"
 #include "io/safetensors_writer.h"
 #include "models/tiny_model.h"
+#include "support/files.h"
+#include "support/inputs.h"
 
 namespace ethereal::test {
 namespace {
@@ -35,16 +34,6 @@ constexpr LightningModule kLightningModules[] = {
     {"img_mlp.net.2", 1, 4},   {"txt_mlp.net.0.proj", 4, 1}, {"txt_mlp.net.2", 1, 4},
 };
 
-Tensor uniform_tensor(std::int64_t rows, std::int64_t columns, std::uint32_t seed) {
-  std::mt19937 generator(seed);
-  std::uniform_real_distribution<float> distribution(-0.1f, 0.1f);
-  std::vector<float> values(static_cast<std::size_t>(rows * columns));
-  for (float& value : values) {
-    value = distribution(generator);
-  }
-  return Tensor::from_floats(values, {rows, columns}, DType::f32);
-}
-
 // A rank-4 LoRA in the Lightning key layout (<module>.lora_down.weight [r, in],
 // <module>.lora_up.weight [out, r], <module>.alpha) for every block of the model at `model`.
 void write_lightning_lora(const fs::path& model, const fs::path& path) {
@@ -60,9 +49,11 @@ void write_lightning_lora(const fs::path& model, const fs::path& path) {
     for (const LightningModule& module : kLightningModules) {
       const std::string base = "transformer_blocks." + std::to_string(block) + "." + module.name;
       tensors.emplace_back(base + ".lora_down.weight",
-                           uniform_tensor(rank, module.in_multiple * width, seed++));
+                           test_support::uniform_tensor({rank, module.in_multiple * width},
+                                                        DType::f32, seed++, -0.1f, 0.1f));
       tensors.emplace_back(base + ".lora_up.weight",
-                           uniform_tensor(module.out_multiple * width, rank, seed++));
+                           test_support::uniform_tensor({module.out_multiple * width, rank},
+                                                        DType::f32, seed++, -0.1f, 0.1f));
       tensors.emplace_back(base + ".alpha", Tensor::from_floats(alpha, {}, DType::f32));
     }
   }
@@ -73,9 +64,7 @@ void write_lightning_lora(const fs::path& model, const fs::path& path) {
 class BenchCommandTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = fs::path(::testing::TempDir()) / ("bench_command_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
+    root_ = test_support::create_temporary_directory("bench_command");
     write_tiny_model(root_ / "model", 7);
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }

@@ -1,5 +1,3 @@
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -8,60 +6,25 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/edit_inputs.h"
 #include "cli/run_command.h"
 #include "io/image_file.h"
-#include "models/tiny_model.h"
+#include "support/files.h"
 
 namespace ethereal::test {
 namespace {
 
 namespace fs = std::filesystem;
 
-// Writes the tiny model once for all tests of this file; edits run at 64x64 output with two
-// steps to keep the suite fast.
-class EditCommandTest : public ::testing::Test {
+// The tiny model and the photo are written once for all tests of this file. Edits run at 64x64
+// output with two steps to keep the suite fast.
+class EditCommandTest : public EditInputsTest {
  protected:
-  static void SetUpTestSuite() {
-    root_ = fs::path(::testing::TempDir()) / ("edit_command_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
-    write_tiny_model(root_ / "model", 7);
-    Image photo(40, 30, 3);
-    for (int y = 0; y < 30; ++y) {
-      for (int x = 0; x < 40; ++x) {
-        photo.at(x, y, 0) = static_cast<std::uint8_t>(6 * x);
-        photo.at(x, y, 1) = static_cast<std::uint8_t>(8 * y);
-        photo.at(x, y, 2) = 128;
-      }
-    }
-    write_png(root_ / "photo.png", photo);
-  }
-  static void TearDownTestSuite() { fs::remove_all(root_); }
-
   static std::vector<std::string> edit_arguments(const fs::path& output) {
-    return {"edit",
-            "--model",
-            (root_ / "model").string(),
-            "--image",
-            (root_ / "photo.png").string(),
-            "--prompt",
-            "make the sky green",
-            "--output",
-            output.string(),
-            "--steps",
-            "2",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--seed",
-            "11"};
+    return edit_arguments_with(output, {"--prompt", "make the sky green", "--steps", "2", "--width",
+                                        "64", "--height", "64", "--seed", "11"});
   }
-
-  static fs::path root_;
 };
-
-fs::path EditCommandTest::root_;
 
 TEST_F(EditCommandTest, WritesPngWithMetadataAndJson) {
   const fs::path output = root_ / "edited.png";
@@ -116,11 +79,8 @@ struct BadInputCase {
 TEST_F(EditCommandTest, BadInputExitsTwoWithoutOutput) {
   fs::create_directories(root_ / "broken_model");
   std::ofstream(root_ / "not_an_image.png") << "hello, this is text";
-  {
-    std::ifstream in(root_ / "photo.png", std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), {});
-    std::ofstream(root_ / "truncated.png", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
-  }
+  const std::string photo = test_support::read_file(root_ / "photo.png");
+  test_support::write_file(root_ / "truncated.png", photo.substr(0, photo.size() / 2));
   const BadInputCase cases[] = {
       {"missing image", {"--image", (root_ / "nope.png").string()}, "nope.png"},
       {"not an image", {"--image", (root_ / "not_an_image.png").string()}, "not_an_image.png"},

@@ -1,5 +1,3 @@
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -12,6 +10,7 @@
 
 #include "cli/run_command.h"
 #include "memory/history.h"
+#include "support/files.h"
 
 namespace ethereal::test {
 namespace {
@@ -20,16 +19,6 @@ namespace fs = std::filesystem;
 
 class HistoryCommandTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    root_ = fs::path(::testing::TempDir()) /
-            ("history_command_" +
-             std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "_" +
-             std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-
   // Writes five runs: three fp8_optimized (one out of memory) and two cpu_offload successes.
   fs::path write_history(const fs::path& path) {
     memory::HistoryStore store = memory::HistoryStore::open(path);
@@ -58,7 +47,7 @@ class HistoryCommandTest : public ::testing::Test {
     return path;
   }
 
-  fs::path root_;
+  test_support::TemporaryDirectory root_{"history_command"};
 };
 
 TEST_F(HistoryCommandTest, JsonListsRunsAndStrategies) {

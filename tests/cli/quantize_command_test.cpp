@@ -1,5 +1,3 @@
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -12,6 +10,7 @@
 #include "cli/run_command.h"
 #include "io/safetensors_checkpoint.h"
 #include "models/tiny_model.h"
+#include "support/files.h"
 
 namespace ethereal::test {
 namespace {
@@ -21,8 +20,7 @@ namespace fs = std::filesystem;
 class QuantizeCommandTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = fs::path(::testing::TempDir()) / ("quantize_command_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
+    root_ = test_support::create_temporary_directory("quantize_command");
     fs::create_directories(root_ / "outputs");
     write_tiny_model(root_ / "model", 7);
   }

@@ -6,24 +6,13 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
+
+#include "support/files.h"
 
 extern char** environ;
 
 namespace ethereal::test {
-
-namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
-
-}  // namespace
 
 CommandResult run_ethereal(const std::vector<std::string>& arguments,
                            const std::vector<std::string>& environment) {
@@ -73,8 +62,8 @@ CommandResult run_ethereal(const std::vector<std::string>& arguments,
 
   CommandResult result;
   result.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  result.standard_output = read_file(out_path);
-  result.standard_error = read_file(err_path);
+  result.standard_output = test_support::read_file(out_path);
+  result.standard_error = test_support::read_file(err_path);
   std::remove(out_path);
   std::remove(err_path);
   return result;

@@ -11,14 +11,14 @@
 #include <string>
 
 #include "runtime/error.h"
-#include "safetensors_test_util.h"
+#include "support/files.h"
 
 namespace ethereal {
 namespace {
 
+using test_support::TemporaryDirectory;
+using test_support::write_file;
 using ::testing::HasSubstr;
-using testing_util::TemporaryDirectory;
-using testing_util::write_file;
 
 // Bytes spanning a few pages, with a pattern that differs between pages.
 std::string three_pages_and_a_bit() {

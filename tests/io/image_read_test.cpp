@@ -18,15 +18,17 @@
 #include "io/image_exif.h"
 #include "io/image_file.h"
 #include "runtime/error.h"
+#include "support/errors.h"
+#include "support/files.h"
 
 namespace ethereal {
 namespace {
 
 using image_testing::image_data;
-using image_testing::message_of;
-using image_testing::read_bytes;
-using image_testing::ScratchDirectory;
-using image_testing::write_bytes;
+using test_support::error_message;
+using test_support::read_file;
+using test_support::TemporaryDirectory;
+using test_support::write_file;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
@@ -189,7 +191,7 @@ TEST(ReadJpeg, MatchesPillowDecode) {
     EXPECT_EQ(file.image.width(), 37);
     EXPECT_EQ(file.image.height(), 23);
     ASSERT_EQ(file.image.channels(), channels);
-    EXPECT_EQ(max_difference(file.image, read_bytes(image_data(reference))), 0);
+    EXPECT_EQ(max_difference(file.image, read_file(image_data(reference))), 0);
   }
 }
 
@@ -198,7 +200,7 @@ TEST(ReadJpeg, CmykConvertedLikePillow) {
   EXPECT_EQ(image.width(), 21);
   EXPECT_EQ(image.height(), 13);
   ASSERT_EQ(image.channels(), 3);
-  EXPECT_EQ(max_difference(image, read_bytes(image_data("cmyk.rgb"))), 0);
+  EXPECT_EQ(max_difference(image, read_file(image_data("cmyk.rgb"))), 0);
 }
 
 // The orientation files hold the same 48x32 JPEG of four flat quadrants (red top-left, green
@@ -251,14 +253,14 @@ TEST(ReadJpeg, AllEightExifOrientations) {
 
 TEST(ReadPngText, RejectsJpeg) {
   const auto path = image_data("photo.jpg");
-  EXPECT_THAT(message_of<InvalidInputError>([&] { read_png_text(path); }),
+  EXPECT_THAT(error_message<InvalidInputError>([&] { read_png_text(path); }),
               AllOf(HasSubstr(path.string()), HasSubstr("is a JPEG image"),
                     HasSubstr("only PNG files carry text chunks")));
 }
 
 // Each error names the file, the problem and what to do.
 void expect_read_error(const std::filesystem::path& path, const std::vector<std::string>& parts) {
-  const std::string message = message_of<InvalidInputError>([&] { read_image(path); });
+  const std::string message = error_message<InvalidInputError>([&] { read_image(path); });
   EXPECT_THAT(message, HasSubstr("failed to read image '" + path.string() + "'"));
   for (const std::string& part : parts) {
     EXPECT_THAT(message, HasSubstr(part));
@@ -266,14 +268,14 @@ void expect_read_error(const std::filesystem::path& path, const std::vector<std:
 }
 
 TEST(ReadImageErrors, MissingFileAndDirectory) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   expect_read_error(scratch / "missing.png", {"the file does not exist", "Check the path"});
   expect_read_error(scratch.path(), {"is a directory", "Pass the path of an image file"});
 }
 
 TEST(ReadImageErrors, EmptyFile) {
-  ScratchDirectory scratch;
-  write_bytes(scratch / "empty.png", "");
+  TemporaryDirectory scratch;
+  write_file(scratch / "empty.png", "");
   expect_read_error(scratch / "empty.png", {"the file is empty (0 bytes)", "Re-export"});
 }
 
@@ -282,20 +284,20 @@ TEST(ReadImageErrors, TruncatedFiles) {
                     {"the file is truncated", "PNG data", "re-export or re-download"});
   expect_read_error(image_data("truncated.jpg"),
                     {"the file is truncated", "JPEG data", "re-export or re-download"});
-  ScratchDirectory scratch;
-  write_bytes(scratch / "signature.png", "\x89PNG\r");
+  TemporaryDirectory scratch;
+  write_file(scratch / "signature.png", "\x89PNG\r");
   expect_read_error(scratch / "signature.png", {"fewer than the 8-byte PNG signature"});
 }
 
 TEST(ReadImageErrors, CorruptData) {
   expect_read_error(image_data("bad_crc.png"), {"the PNG data is invalid", "CRC"});
   // A JPEG whose frame header claims 7-bit samples.
-  std::string jpeg = read_bytes(image_data("photo.jpg"));
+  std::string jpeg = read_file(image_data("photo.jpg"));
   const std::size_t frame = jpeg.find("\xFF\xC0");
   ASSERT_NE(frame, std::string::npos);
   jpeg[frame + 4] = 7;  // marker (2), length (2), sample precision (1)
-  ScratchDirectory scratch;
-  write_bytes(scratch / "precision.jpg", jpeg);
+  TemporaryDirectory scratch;
+  write_file(scratch / "precision.jpg", jpeg);
   expect_read_error(scratch / "precision.jpg",
                     {"the JPEG data is invalid (libjpeg: Unsupported JPEG data precision 7)"});
 }
@@ -307,7 +309,7 @@ TEST(ReadImageErrors, NonImageFile) {
 }
 
 TEST(ReadImageErrors, OtherFormatsAreNamed) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"GIF", std::string("GIF89a\x01\x00\x01\x00", 10)},
       {"WebP", std::string("RIFF\x24\x00\x00\x00WEBPVP8 ", 16)},
@@ -320,16 +322,16 @@ TEST(ReadImageErrors, OtherFormatsAreNamed) {
   for (const auto& [format, bytes] : cases) {
     SCOPED_TRACE(format);
     const auto path = scratch / ("image." + format);
-    write_bytes(path, bytes);
+    write_file(path, bytes);
     expect_read_error(path, {"the file is a " + format + " image",
                              "only PNG and JPEG are supported", "Convert the image to PNG"});
   }
 }
 
 TEST(ReadImageErrors, FormatFromContentNotExtension) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto path = scratch / "actually_png.jpg";
-  write_bytes(path, read_bytes(image_data("rgb8.png")));
+  write_file(path, read_file(image_data("rgb8.png")));
   EXPECT_EQ(read_image_file(path).format, ImageFormat::kPng);
 }
 

@@ -8,14 +8,14 @@
 #include <limits>
 #include <vector>
 
-#include "image_test_util.h"
 #include "io/image_exif.h"
 #include "runtime/error.h"
+#include "support/errors.h"
 
 namespace ethereal {
 namespace {
 
-using image_testing::message_of;
+using test_support::error_message;
 using ::testing::HasSubstr;
 
 // A 3x2 image whose pixel (x, y) has the single value 10 * y + x, so every position is
@@ -45,14 +45,15 @@ TEST(Image, AccessorsUseInterleavedRows) {
 }
 
 TEST(Image, RejectsInvalidShapes) {
-  EXPECT_THAT(message_of<InvalidInputError>([] { Image(0, 4, 3); }),
+  EXPECT_THAT(error_message<InvalidInputError>([] { Image(0, 4, 3); }),
               HasSubstr("invalid image size 0x4"));
-  EXPECT_THAT(message_of<InvalidInputError>([] { Image(4, -1, 3); }),
+  EXPECT_THAT(error_message<InvalidInputError>([] { Image(4, -1, 3); }),
               HasSubstr("invalid image size 4x-1"));
-  EXPECT_THAT(message_of<InvalidInputError>([] { Image(4, 4, 2); }),
+  EXPECT_THAT(error_message<InvalidInputError>([] { Image(4, 4, 2); }),
               HasSubstr("invalid image channel count 2"));
-  EXPECT_THAT(message_of<InvalidInputError>([] { Image(2, 2, 3, std::vector<std::uint8_t>(11)); }),
-              HasSubstr("expected 12 values, got 11"));
+  EXPECT_THAT(
+      error_message<InvalidInputError>([] { Image(2, 2, 3, std::vector<std::uint8_t>(11)); }),
+      HasSubstr("expected 12 values, got 11"));
 }
 
 TEST(Image, DefaultIsEmpty) {

@@ -9,17 +9,18 @@
 #include <string>
 #include <vector>
 
-#include "image_test_util.h"
 #include "io/image_file.h"
 #include "runtime/error.h"
+#include "support/errors.h"
+#include "support/files.h"
 
 namespace ethereal {
 namespace {
 
-using image_testing::message_of;
-using image_testing::read_bytes;
-using image_testing::ScratchDirectory;
-using image_testing::write_bytes;
+using test_support::error_message;
+using test_support::read_file;
+using test_support::TemporaryDirectory;
+using test_support::write_file;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -36,7 +37,7 @@ Image pattern_image(int width, int height, int channels) {
 }
 
 TEST(WritePng, RoundTripGrayRgbRgba) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   for (const int channels : {1, 3, 4}) {
     SCOPED_TRACE("channels " + std::to_string(channels));
     const Image image = pattern_image(13, 7, channels);
@@ -50,7 +51,7 @@ TEST(WritePng, RoundTripGrayRgbRgba) {
 }
 
 TEST(WritePng, TextChunksRoundTrip) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto path = scratch / "text.png";
   const std::vector<PngTextChunk> text = {
       {"Title", "plain ASCII"},
@@ -63,14 +64,14 @@ TEST(WritePng, TextChunksRoundTrip) {
   EXPECT_EQ(read_png_text(path), text);
 
   // The chunk types and encodings as stored in the file.
-  const std::string bytes = read_bytes(path);
+  const std::string bytes = read_file(path);
   EXPECT_THAT(bytes, HasSubstr(std::string("tEXtComment\0Caf\xE9", 16)));
   EXPECT_THAT(bytes, HasSubstr(std::string("iTXtPrompt\0\0\0", 13)));
   EXPECT_THAT(bytes, HasSubstr("a cat \xE7\x8C\xAB on a mat"));
 }
 
 TEST(WritePng, ReplacesExistingFileAndLeavesNoTemporary) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto path = scratch / "out.png";
   write_png(path, pattern_image(4, 4, 3));
   const Image second = pattern_image(9, 5, 1);
@@ -80,7 +81,7 @@ TEST(WritePng, ReplacesExistingFileAndLeavesNoTemporary) {
 }
 
 TEST(WritePng, RelativePathInCurrentDirectory) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto previous = std::filesystem::current_path();
   std::filesystem::current_path(scratch.path());
   write_png("relative.png", pattern_image(2, 3, 4));
@@ -90,7 +91,7 @@ TEST(WritePng, RelativePathInCurrentDirectory) {
 }
 
 TEST(WritePngErrors, InvalidTextKeys) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto path = scratch / "out.png";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"", "it has 0 characters, expected 1 to 79"},
@@ -102,7 +103,7 @@ TEST(WritePngErrors, InvalidTextKeys) {
   };
   for (const auto& [key, problem] : cases) {
     SCOPED_TRACE(key);
-    const std::string message = message_of<InvalidInputError>([&] {
+    const std::string message = error_message<InvalidInputError>([&] {
       write_png(path, pattern_image(2, 2, 3), {{key, "value"}});
     });
     EXPECT_THAT(message, AllOf(HasSubstr("failed to write image '" + path.string() + "'"),
@@ -112,9 +113,9 @@ TEST(WritePngErrors, InvalidTextKeys) {
 }
 
 TEST(WritePngErrors, InvalidUtf8Value) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto path = scratch / "out.png";
-  const std::string message = message_of<InvalidInputError>([&] {
+  const std::string message = error_message<InvalidInputError>([&] {
     write_png(path, pattern_image(2, 2, 3), {{"Comment", "bad \xC3\x28 bytes"}});
   });
   EXPECT_THAT(message, AllOf(HasSubstr(path.string()), HasSubstr("'Comment'"),
@@ -123,31 +124,31 @@ TEST(WritePngErrors, InvalidUtf8Value) {
 }
 
 TEST(WritePngErrors, EmptyImage) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto path = scratch / "out.png";
-  EXPECT_THAT(message_of<InvalidInputError>([&] { write_png(path, Image()); }),
+  EXPECT_THAT(error_message<InvalidInputError>([&] { write_png(path, Image()); }),
               AllOf(HasSubstr(path.string()), HasSubstr("the image is empty")));
   EXPECT_TRUE(scratch.file_names().empty());
 }
 
 TEST(WritePngErrors, TargetIsDirectoryLeavesNoTemporary) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto target = scratch / "taken.png";
   std::filesystem::create_directory(target);
-  write_bytes(target / "inside.txt", "keep");
+  write_file(target / "inside.txt", "keep");
   const std::string message =
-      message_of<IoError>([&] { write_png(target, pattern_image(3, 3, 3)); });
+      error_message<IoError>([&] { write_png(target, pattern_image(3, 3, 3)); });
   EXPECT_THAT(message, AllOf(HasSubstr("failed to write image '" + target.string() + "'"),
                              HasSubstr("cannot rename the temporary file")));
   EXPECT_THAT(scratch.file_names(), ElementsAre("taken.png"));
-  EXPECT_EQ(read_bytes(target / "inside.txt"), "keep");
+  EXPECT_EQ(read_file(target / "inside.txt"), "keep");
 }
 
 TEST(WritePngErrors, MissingDirectory) {
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto target = scratch / "no_such_dir" / "out.png";
   const std::string message =
-      message_of<IoError>([&] { write_png(target, pattern_image(3, 3, 3)); });
+      error_message<IoError>([&] { write_png(target, pattern_image(3, 3, 3)); });
   EXPECT_THAT(message,
               AllOf(HasSubstr(target.string()), HasSubstr("cannot create a temporary file"),
                     HasSubstr("No such file or directory"),
@@ -159,18 +160,18 @@ TEST(WritePngErrors, ReadOnlyDirectoryLeavesTargetUntouched) {
   if (::geteuid() == 0) {
     GTEST_SKIP() << "root ignores directory permissions, so the write cannot fail";
   }
-  ScratchDirectory scratch;
+  TemporaryDirectory scratch;
   const auto directory = scratch / "read_only";
   std::filesystem::create_directory(directory);
   const auto target = directory / "out.png";
-  write_bytes(target, "old contents");
+  write_file(target, "old contents");
   ASSERT_EQ(::chmod(directory.c_str(), 0555), 0);
 
   const std::string message =
-      message_of<IoError>([&] { write_png(target, pattern_image(3, 3, 3)); });
+      error_message<IoError>([&] { write_png(target, pattern_image(3, 3, 3)); });
   EXPECT_THAT(message, AllOf(HasSubstr(target.string()), HasSubstr("Permission denied")));
   ::chmod(directory.c_str(), 0755);
-  EXPECT_EQ(read_bytes(target), "old contents");
+  EXPECT_EQ(read_file(target), "old contents");
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(directory),
                           std::filesystem::directory_iterator()),
             1);

@@ -15,13 +15,15 @@
 
 #include "image_test_util.h"
 #include "runtime/error.h"
+#include "support/errors.h"
+#include "support/files.h"
 
 namespace ethereal {
 namespace {
 
-using image_testing::message_of;
-using image_testing::read_bytes;
 using image_testing::resample_data;
+using test_support::error_message;
+using test_support::read_file;
 using ::testing::HasSubstr;
 
 struct ReferenceCase {
@@ -45,7 +47,7 @@ struct Manifest {
 
 Manifest read_manifest() {
   Manifest manifest;
-  std::istringstream lines(read_bytes(resample_data("manifest.txt")));
+  std::istringstream lines(read_file(resample_data("manifest.txt")));
   for (std::string line; std::getline(lines, line);) {
     if (line.empty() || line[0] == '#') {
       continue;
@@ -88,13 +90,13 @@ int channels_of(const std::string& kind) {
 }
 
 Image load_u8(const std::string& file, int width, int height, int channels) {
-  const std::string bytes = read_bytes(resample_data(file));
+  const std::string bytes = read_file(resample_data(file));
   return Image(width, height, channels, std::vector<std::uint8_t>(bytes.begin(), bytes.end()));
 }
 
 // Raw little-endian float32 (the test machines are little-endian).
 ImageF load_f32(const std::string& file, int width, int height) {
-  const std::string bytes = read_bytes(resample_data(file));
+  const std::string bytes = read_file(resample_data(file));
   std::vector<float> values(bytes.size() / sizeof(float));
   std::memcpy(values.data(), bytes.data(), values.size() * sizeof(float));
   return ImageF(width, height, 1, std::move(values));
@@ -223,12 +225,12 @@ TEST(ResizeFloat, ChannelsAreIndependent) {
 
 TEST(ResizeErrors, InvalidSizesAndEmptyInput) {
   const Image image(4, 4, 3);
-  EXPECT_THAT(message_of<InvalidInputError>([&] { resize(image, 0, 4, ResampleFilter::kBox); }),
+  EXPECT_THAT(error_message<InvalidInputError>([&] { resize(image, 0, 4, ResampleFilter::kBox); }),
               HasSubstr("resize: invalid output size 0x4"));
-  EXPECT_THAT(message_of<InvalidInputError>(
+  EXPECT_THAT(error_message<InvalidInputError>(
                   [&] { resize_float(to_float(image), 3, -2, ResampleFilter::kLanczos); }),
               HasSubstr("resize_float: invalid output size 3x-2"));
-  EXPECT_THAT(message_of<InvalidInputError>([&] { resize_area(ImageF(), 2, 2); }),
+  EXPECT_THAT(error_message<InvalidInputError>([&] { resize_area(ImageF(), 2, 2); }),
               HasSubstr("resize_area: the input image is empty"));
 }
 

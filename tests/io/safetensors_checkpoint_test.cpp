@@ -12,40 +12,25 @@
 #include "io/safetensors_writer.h"
 #include "runtime/error.h"
 #include "safetensors_test_util.h"
+#include "support/errors.h"
+#include "support/inputs.h"
 
 namespace ethereal {
 namespace {
 
+using test_support::arange_tensor;
+using test_support::error_message;
+using test_support::TemporaryDirectory;
+using test_support::write_file;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing_util::TemporaryDirectory;
-using testing_util::write_file;
-
-template <typename Action>
-std::string invalid_input_message(Action&& action) {
-  try {
-    action();
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected an InvalidInputError";
-  return "";
-}
-
-Tensor filled(const Shape& shape, float start, DType dtype = DType::f32) {
-  std::vector<float> values(static_cast<std::size_t>(shape_numel(shape)));
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    values[i] = start + static_cast<float>(i);
-  }
-  return Tensor::from_floats(values, shape, dtype);
-}
 
 // Writes shards a.safetensors ("x", "y") and b.safetensors ("z") and returns the index text
 // that matches them.
 std::string write_two_shards(const TemporaryDirectory& directory) {
-  write_safetensors(directory / "a.safetensors",
-                    {{"x", filled({2, 3}, 0.0f)}, {"y", filled({4}, 10.0f, DType::bf16)}});
-  write_safetensors(directory / "b.safetensors", {{"z", filled({3}, 20.0f)}});
+  write_safetensors(directory / "a.safetensors", {{"x", arange_tensor({2, 3}, 0.0f)},
+                                                  {"y", arange_tensor({4}, 10.0f, DType::bf16)}});
+  write_safetensors(directory / "b.safetensors", {{"z", arange_tensor({3}, 20.0f)}});
   return R"({"metadata":{"total_size":44,"format":"pt"},)"
          R"("weight_map":{"x":"a.safetensors","y":"a.safetensors","z":"b.safetensors"}})";
 }
@@ -53,7 +38,7 @@ std::string write_two_shards(const TemporaryDirectory& directory) {
 TEST(SafetensorsCheckpoint, OpensSingleFile) {
   TemporaryDirectory directory;
   const auto path = directory / "model.safetensors";
-  write_safetensors(path, {{"w", filled({2, 2}, 1.0f)}}, {{"format", "pt"}});
+  write_safetensors(path, {{"w", arange_tensor({2, 2}, 1.0f)}}, {{"format", "pt"}});
 
   const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(path);
   EXPECT_EQ(checkpoint.path(), path);
@@ -86,7 +71,7 @@ TEST(SafetensorsCheckpoint, OpensShardsThroughIndex) {
   EXPECT_EQ(checkpoint.metadata().at("format"), "pt");
   EXPECT_EQ(checkpoint.data_bytes(), 24u + 8u + 12u);
 
-  const std::string message = invalid_input_message([&] { checkpoint.tensor("zz"); });
+  const std::string message = error_message([&] { checkpoint.tensor("zz"); });
   EXPECT_THAT(message, HasSubstr(index.string() + ": tensor \"zz\" not found among its 3 "
                                                   "tensors; did you mean \"z\"?"));
 }
@@ -99,7 +84,7 @@ TEST(SafetensorsCheckpoint, ResolvesDirectories) {
   EXPECT_EQ(from_index.names().size(), 3u);
 
   TemporaryDirectory single;
-  write_safetensors(single / "only.safetensors", {{"w", filled({1}, 5.0f)}});
+  write_safetensors(single / "only.safetensors", {{"w", arange_tensor({1}, 5.0f)}});
   write_file(single / "config.json", "{}");
   const SafetensorsCheckpoint from_file = SafetensorsCheckpoint::open(single.path());
   EXPECT_EQ(from_file.path(), single / "only.safetensors");
@@ -109,25 +94,26 @@ TEST(SafetensorsCheckpoint, ResolvesDirectories) {
 TEST(SafetensorsCheckpoint, RejectsAmbiguousOrEmptyDirectories) {
   TemporaryDirectory empty;
   write_file(empty / "config.json", "{}");
-  EXPECT_THAT(invalid_input_message([&] { SafetensorsCheckpoint::open(empty.path()); }),
+  EXPECT_THAT(error_message([&] { SafetensorsCheckpoint::open(empty.path()); }),
               HasSubstr(empty.path().string() + ": directory contains no *.safetensors file "
                                                 "and no *.safetensors.index.json"));
 
   TemporaryDirectory two_files;
-  write_safetensors(two_files / "model.safetensors", {{"w", filled({1}, 0.0f)}});
-  write_safetensors(two_files / "model.fp16.safetensors", {{"w", filled({1}, 0.0f, DType::f16)}});
-  EXPECT_THAT(invalid_input_message([&] { SafetensorsCheckpoint::open(two_files.path()); }),
+  write_safetensors(two_files / "model.safetensors", {{"w", arange_tensor({1}, 0.0f)}});
+  write_safetensors(two_files / "model.fp16.safetensors",
+                    {{"w", arange_tensor({1}, 0.0f, DType::f16)}});
+  EXPECT_THAT(error_message([&] { SafetensorsCheckpoint::open(two_files.path()); }),
               HasSubstr("directory contains 2 safetensors files (model.fp16.safetensors, "
                         "model.safetensors) and no *.safetensors.index.json"));
 
   TemporaryDirectory two_indexes;
   write_file(two_indexes / "a.safetensors.index.json", "{}");
   write_file(two_indexes / "b.safetensors.index.json", "{}");
-  EXPECT_THAT(invalid_input_message([&] { SafetensorsCheckpoint::open(two_indexes.path()); }),
+  EXPECT_THAT(error_message([&] { SafetensorsCheckpoint::open(two_indexes.path()); }),
               HasSubstr("directory contains 2 index files (a.safetensors.index.json, "
                         "b.safetensors.index.json)"));
 
-  EXPECT_THAT(invalid_input_message([&] { SafetensorsCheckpoint::open(empty / "absent"); }),
+  EXPECT_THAT(error_message([&] { SafetensorsCheckpoint::open(empty / "absent"); }),
               HasSubstr("absent: checkpoint not found"));
 }
 
@@ -137,7 +123,7 @@ TEST(SafetensorsCheckpoint, RejectsMissingShard) {
   const auto index = directory / "model.safetensors.index.json";
   write_file(index, R"({"weight_map":{"x":"a.safetensors","y":"a.safetensors",)"
                     R"("z":"b.safetensors","q":"c.safetensors"}})");
-  const std::string message = invalid_input_message([&] { SafetensorsCheckpoint::open(index); });
+  const std::string message = error_message([&] { SafetensorsCheckpoint::open(index); });
   EXPECT_THAT(message, HasSubstr(index.string() +
                                  ": shard \"c.safetensors\" (listed for 1 "
                                  "tensors, such as \"q\") not found at " +
@@ -150,7 +136,7 @@ TEST(SafetensorsCheckpoint, RejectsTensorAbsentFromItsShard) {
   const auto index = directory / "model.safetensors.index.json";
   write_file(index, R"({"weight_map":{"x":"a.safetensors","y":"a.safetensors",)"
                     R"("z":"b.safetensors","w":"b.safetensors"}})");
-  const std::string message = invalid_input_message([&] { SafetensorsCheckpoint::open(index); });
+  const std::string message = error_message([&] { SafetensorsCheckpoint::open(index); });
   EXPECT_THAT(message, HasSubstr(index.string() +
                                  ": weight_map puts tensor \"w\" in shard "
                                  "\"b.safetensors\", but " +
@@ -159,12 +145,12 @@ TEST(SafetensorsCheckpoint, RejectsTensorAbsentFromItsShard) {
 
 TEST(SafetensorsCheckpoint, RejectsTensorStoredInTwoShards) {
   TemporaryDirectory directory;
-  write_safetensors(directory / "a.safetensors", {{"x", filled({1}, 0.0f)}});
+  write_safetensors(directory / "a.safetensors", {{"x", arange_tensor({1}, 0.0f)}});
   write_safetensors(directory / "b.safetensors",
-                    {{"x", filled({1}, 1.0f)}, {"y", filled({1}, 2.0f)}});
+                    {{"x", arange_tensor({1}, 1.0f)}, {"y", arange_tensor({1}, 2.0f)}});
   const auto index = directory / "model.safetensors.index.json";
   write_file(index, R"({"weight_map":{"x":"a.safetensors","y":"b.safetensors"}})");
-  const std::string message = invalid_input_message([&] { SafetensorsCheckpoint::open(index); });
+  const std::string message = error_message([&] { SafetensorsCheckpoint::open(index); });
   EXPECT_THAT(message, HasSubstr("tensor \"x\" appears in shards \"b.safetensors\" and "
                                  "\"a.safetensors\" (weight_map lists \"a.safetensors\")"));
 }
@@ -174,7 +160,7 @@ TEST(SafetensorsCheckpoint, RejectsShardTensorMissingFromIndex) {
   write_two_shards(directory);
   const auto index = directory / "model.safetensors.index.json";
   write_file(index, R"({"weight_map":{"x":"a.safetensors","z":"b.safetensors"}})");
-  const std::string message = invalid_input_message([&] { SafetensorsCheckpoint::open(index); });
+  const std::string message = error_message([&] { SafetensorsCheckpoint::open(index); });
   EXPECT_THAT(message, HasSubstr("shard \"a.safetensors\" contains tensor \"y\", which "
                                  "weight_map does not list"));
 }
@@ -206,7 +192,7 @@ TEST(SafetensorsCheckpoint, RejectsMalformedIndexes) {
   for (const Case& test : cases) {
     SCOPED_TRACE(test.label);
     write_file(index, test.text);
-    const std::string message = invalid_input_message([&] { SafetensorsCheckpoint::open(index); });
+    const std::string message = error_message([&] { SafetensorsCheckpoint::open(index); });
     EXPECT_THAT(message, HasSubstr(index.string() + ": "));
     EXPECT_THAT(message, HasSubstr(test.expected));
   }
@@ -216,7 +202,8 @@ TEST(SafetensorsCheckpoint, ReadsShardedWriterOutput) {
   TemporaryDirectory directory;
   std::vector<SafetensorsEntry> entries;
   for (int i = 0; i < 5; ++i) {
-    entries.push_back(safetensors_entry("layer." + std::to_string(i), filled({4, 4}, 16.0f * i)));
+    entries.push_back(
+        safetensors_entry("layer." + std::to_string(i), arange_tensor({4, 4}, 16.0f * i)));
   }
   // 64 bytes per tensor and at most 150 bytes per shard: shards of 2, 2 and 1 tensors.
   const auto index =

@@ -14,28 +14,18 @@
 #include "io/safetensors_writer.h"
 #include "runtime/error.h"
 #include "safetensors_test_util.h"
+#include "support/errors.h"
 
 namespace ethereal {
 namespace {
 
+using test_support::error_message;
+using test_support::TemporaryDirectory;
+using test_support::write_file;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using testing_util::little_endian_u64;
-using testing_util::TemporaryDirectory;
-using testing_util::write_file;
 using testing_util::write_raw_safetensors;
-
-// Returns the message of the InvalidInputError that `action` throws, or fails the test.
-template <typename Action>
-std::string invalid_input_message(Action&& action) {
-  try {
-    action();
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected an InvalidInputError";
-  return "";
-}
 
 // Values that every supported dtype represents exactly: small integers and halves.
 std::vector<float> exact_values(std::size_t count, bool allow_negative) {
@@ -141,7 +131,7 @@ TEST(SafetensorsFile, WriterAlignsEveryTensorToItsElementSize) {
                            {"halves", Tensor::zeros({5}, DType::bf16)},
                            {"floats", Tensor::zeros({7}, DType::f32)},
                            {"longs", Tensor::zeros({1}, DType::int64)}});
-  const std::string bytes = testing_util::read_file(path);
+  const std::string bytes = test_support::read_file(path);
   std::uint64_t header_bytes = 0;
   std::memcpy(&header_bytes, bytes.data(), 8);
   EXPECT_EQ(header_bytes % 8, 0u);
@@ -202,7 +192,7 @@ TEST(SafetensorsFile, RecordsDtypesWithoutEngineType) {
   EXPECT_FALSE(info.dtype.has_value());
   EXPECT_EQ(info.nbytes(), 16u);
   EXPECT_EQ(file.info("mask").stored_dtype, "BOOL");
-  const std::string message = invalid_input_message([&] { file.tensor("d"); });
+  const std::string message = error_message([&] { file.tensor("d"); });
   EXPECT_THAT(message, HasSubstr("tensor \"d\" has dtype F64, which the engine cannot load"));
   EXPECT_THAT(message, HasSubstr("BF16"));
 }
@@ -215,8 +205,7 @@ TEST(SafetensorsFile, MissingNameSuggestsCloseNames) {
                            {"norm.weight", Tensor::zeros({2}, DType::f32)}});
   const SafetensorsFile file = SafetensorsFile::open(path);
   EXPECT_FALSE(file.contains("blocks.0.attn.to_v.weight"));
-  const std::string message =
-      invalid_input_message([&] { file.info("blocks.0.attn.to_v.weight"); });
+  const std::string message = error_message([&] { file.info("blocks.0.attn.to_v.weight"); });
   EXPECT_THAT(message, HasSubstr(path.string()));
   EXPECT_THAT(message,
               HasSubstr("tensor \"blocks.0.attn.to_v.weight\" not found among its 3 tensors"));
@@ -224,7 +213,7 @@ TEST(SafetensorsFile, MissingNameSuggestsCloseNames) {
                                  "\"blocks.0.attn.to_q.weight\"?"));
   EXPECT_THAT(message, Not(HasSubstr("norm.weight")));
 
-  const std::string far = invalid_input_message([&] { file.tensor("unrelated"); });
+  const std::string far = error_message([&] { file.tensor("unrelated"); });
   EXPECT_THAT(far, HasSubstr("tensor \"unrelated\" not found among its 3 tensors"));
   EXPECT_THAT(far, Not(HasSubstr("did you mean")));
 }
@@ -232,7 +221,7 @@ TEST(SafetensorsFile, MissingNameSuggestsCloseNames) {
 TEST(SafetensorsFile, MissingFileNamesThePath) {
   TemporaryDirectory directory;
   const auto path = directory / "absent.safetensors";
-  const std::string message = invalid_input_message([&] { SafetensorsFile::open(path); });
+  const std::string message = error_message([&] { SafetensorsFile::open(path); });
   EXPECT_THAT(message, HasSubstr("cannot open " + path.string()));
   EXPECT_THAT(message, HasSubstr("No such file or directory"));
 }
@@ -259,7 +248,7 @@ TEST(SafetensorsFile, RejectsBadLengthPrefix) {
   for (const Case& test : cases) {
     SCOPED_TRACE(test.label);
     write_file(path, test.bytes);
-    const std::string message = invalid_input_message([&] { SafetensorsFile::open(path); });
+    const std::string message = error_message([&] { SafetensorsFile::open(path); });
     EXPECT_THAT(message, HasSubstr(path.string() + ": "));
     EXPECT_THAT(message, HasSubstr(test.expected));
   }
@@ -269,10 +258,10 @@ TEST(SafetensorsFile, RejectsDataRegionCutShort) {
   TemporaryDirectory directory;
   const auto path = directory / "cut.safetensors";
   write_safetensors(path, {{"w", Tensor::zeros({4, 4}, DType::f32)}});
-  std::string bytes = testing_util::read_file(path);
+  std::string bytes = test_support::read_file(path);
   bytes.resize(bytes.size() - 5);
   write_file(path, bytes);
-  const std::string message = invalid_input_message([&] { SafetensorsFile::open(path); });
+  const std::string message = error_message([&] { SafetensorsFile::open(path); });
   EXPECT_THAT(message, HasSubstr("tensor \"w\": data_offsets [0, 64] end past the data region "
                                  "of 59 bytes"));
   EXPECT_THAT(message, HasSubstr("the file is truncated"));
@@ -367,7 +356,7 @@ TEST(SafetensorsFile, RejectsMalformedHeaders) {
   for (const MalformedHeader& test : malformed_headers()) {
     SCOPED_TRACE(test.label);
     write_raw_safetensors(path, test.header, test.data_bytes);
-    const std::string message = invalid_input_message([&] { SafetensorsFile::open(path); });
+    const std::string message = error_message([&] { SafetensorsFile::open(path); });
     EXPECT_THAT(message, HasSubstr(path.string() + ": "));
     EXPECT_THAT(message, HasSubstr(test.expected));
   }

@@ -16,27 +16,18 @@
 #include "io/safetensors_checkpoint.h"
 #include "runtime/error.h"
 #include "safetensors_test_util.h"
+#include "support/errors.h"
 
 namespace ethereal {
 namespace {
 
+using test_support::error_message;
+using test_support::file_names;
+using test_support::read_file;
+using test_support::TemporaryDirectory;
+using test_support::write_file;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing_util::list_directory;
-using testing_util::read_file;
-using testing_util::TemporaryDirectory;
-using testing_util::write_file;
-
-template <typename Action>
-std::string invalid_input_message(Action&& action) {
-  try {
-    action();
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected an InvalidInputError";
-  return "";
-}
 
 // An entry whose bytes are produced in chunks of `chunk` bytes: byte i has value i % 251.
 SafetensorsEntry streamed_u8(std::string name, std::int64_t count, std::size_t chunk) {
@@ -105,40 +96,39 @@ TEST(SafetensorsWriter, StreamsEntriesInChunks) {
 TEST(SafetensorsWriter, RejectsWrongByteCounts) {
   TemporaryDirectory directory;
   const auto path = directory / "counts.safetensors";
-  EXPECT_THAT(invalid_input_message([&] { write_safetensors(path, {sized_u8("short", 8, 5)}); }),
+  EXPECT_THAT(error_message([&] { write_safetensors(path, {sized_u8("short", 8, 5)}); }),
               HasSubstr("tensor \"short\": the data writer produced 5 bytes but shape [8] with "
                         "dtype uint8 needs 8 bytes"));
-  EXPECT_THAT(invalid_input_message([&] { write_safetensors(path, {sized_u8("long", 8, 9)}); }),
+  EXPECT_THAT(error_message([&] { write_safetensors(path, {sized_u8("long", 8, 9)}); }),
               HasSubstr("tensor \"long\": the data writer produced more than the 8 bytes of "
                         "shape [8]"));
-  EXPECT_TRUE(list_directory(directory.path()).empty());
+  EXPECT_TRUE(file_names(directory.path()).empty());
 }
 
 TEST(SafetensorsWriter, RejectsInvalidEntries) {
   TemporaryDirectory directory;
   const auto path = directory / "invalid.safetensors";
-  EXPECT_THAT(invalid_input_message([&] {
+  EXPECT_THAT(error_message([&] {
                 write_safetensors(path, {sized_u8("w", 1, 1), sized_u8("w", 1, 1)});
               }),
               HasSubstr(path.string() + ": tensor \"w\": name given twice"));
-  EXPECT_THAT(invalid_input_message([&] { write_safetensors(path, {sized_u8("", 1, 1)}); }),
+  EXPECT_THAT(error_message([&] { write_safetensors(path, {sized_u8("", 1, 1)}); }),
               HasSubstr("invalid tensor name"));
-  EXPECT_THAT(
-      invalid_input_message([&] { write_safetensors(path, {sized_u8("__metadata__", 1, 1)}); }),
-      HasSubstr("invalid tensor name"));
+  EXPECT_THAT(error_message([&] { write_safetensors(path, {sized_u8("__metadata__", 1, 1)}); }),
+              HasSubstr("invalid tensor name"));
 
   SafetensorsEntry negative = sized_u8("negative", 1, 1);
   negative.shape = {2, -1};
-  EXPECT_THAT(invalid_input_message([&] { write_safetensors(path, {negative}); }),
+  EXPECT_THAT(error_message([&] { write_safetensors(path, {negative}); }),
               HasSubstr("tensor \"negative\": shape [2, -1] has a negative dimension"));
 
-  EXPECT_THAT(invalid_input_message([&] {
+  EXPECT_THAT(error_message([&] {
                 write_safetensors(path, {{"packed", Tensor::zeros({4}, DType::packed4)}});
               }),
               HasSubstr("dtype packed4 cannot be stored in safetensors"));
-  EXPECT_THAT(invalid_input_message([&] { safetensors_entry("undefined", Tensor()); }),
+  EXPECT_THAT(error_message([&] { safetensors_entry("undefined", Tensor()); }),
               HasSubstr("tensor \"undefined\" cannot be written"));
-  EXPECT_TRUE(list_directory(directory.path()).empty());
+  EXPECT_TRUE(file_names(directory.path()).empty());
 }
 
 TEST(SafetensorsWriter, FailureKeepsExistingTarget) {
@@ -150,13 +140,11 @@ TEST(SafetensorsWriter, FailureKeepsExistingTarget) {
   EXPECT_THROW(write_safetensors(path, {sized_u8("a", 4, 4), throwing_entry("b")}),
                std::runtime_error);
   EXPECT_EQ(read_file(path), before);
-  EXPECT_THAT(list_directory(directory.path()), ElementsAre("model.safetensors"));
+  EXPECT_THAT(file_names(directory.path()), ElementsAre("model.safetensors"));
 
-  invalid_input_message([&] {
-    write_safetensors(path, {sized_u8("x", 1, 1), sized_u8("x", 1, 1)});
-  });
+  error_message([&] { write_safetensors(path, {sized_u8("x", 1, 1), sized_u8("x", 1, 1)}); });
   EXPECT_EQ(read_file(path), before);
-  EXPECT_THAT(list_directory(directory.path()), ElementsAre("model.safetensors"));
+  EXPECT_THAT(file_names(directory.path()), ElementsAre("model.safetensors"));
 }
 
 TEST(SafetensorsWriter, ReplacesExistingTarget) {
@@ -165,23 +153,23 @@ TEST(SafetensorsWriter, ReplacesExistingTarget) {
   write_file(path, "previous contents");
   write_safetensors(path, {sized_u8("w", 3, 3)});
   EXPECT_THAT(SafetensorsFile::open(path).names(), ElementsAre("w"));
-  EXPECT_THAT(list_directory(directory.path()), ElementsAre("model.safetensors"));
+  EXPECT_THAT(file_names(directory.path()), ElementsAre("model.safetensors"));
 }
 
 TEST(SafetensorsWriter, RejectsUnusableDirectory) {
   TemporaryDirectory directory;
   const auto missing = directory / "missing" / "model.safetensors";
   const std::string message =
-      invalid_input_message([&] { write_safetensors(missing, {sized_u8("w", 1, 1)}); });
+      error_message([&] { write_safetensors(missing, {sized_u8("w", 1, 1)}); });
   EXPECT_THAT(message, HasSubstr("cannot create " + missing.string() + ".tmp."));
   EXPECT_THAT(message, HasSubstr("No such file or directory"));
 
   // A regular file where the directory should be.
   write_file(directory / "plain", "x");
   const auto under_file = directory / "plain" / "model.safetensors";
-  EXPECT_THAT(invalid_input_message([&] { write_safetensors(under_file, {sized_u8("w", 1, 1)}); }),
+  EXPECT_THAT(error_message([&] { write_safetensors(under_file, {sized_u8("w", 1, 1)}); }),
               HasSubstr("Not a directory"));
-  EXPECT_THAT(list_directory(directory.path()), ElementsAre("plain"));
+  EXPECT_THAT(file_names(directory.path()), ElementsAre("plain"));
 }
 
 TEST(SafetensorsWriter, ShardsBySize) {
@@ -191,7 +179,7 @@ TEST(SafetensorsWriter, ShardsBySize) {
                                                  sized_u8("c", 200, 200), sized_u8("d", 8, 8),
                                                  sized_u8("e", 0, 0)};
   write_sharded_safetensors(directory.path(), "model", entries, 100);
-  EXPECT_THAT(list_directory(directory.path()),
+  EXPECT_THAT(file_names(directory.path()),
               ElementsAre("model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
                           "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
                           "model.safetensors.index.json"));
@@ -208,15 +196,15 @@ TEST(SafetensorsWriter, ShardedFailureWritesNothing) {
                                                  throwing_entry("c")};
   EXPECT_THROW(write_sharded_safetensors(directory.path(), "model", entries, 64),
                std::runtime_error);
-  EXPECT_THAT(list_directory(directory.path()), ElementsAre("keep.txt"));
+  EXPECT_THAT(file_names(directory.path()), ElementsAre("keep.txt"));
 
-  EXPECT_THAT(invalid_input_message(
-                  [&] { write_sharded_safetensors(directory.path(), "model", entries, 0); }),
-              HasSubstr("maximum shard size is 0 bytes"));
-  EXPECT_THAT(invalid_input_message(
-                  [&] { write_sharded_safetensors(directory.path(), "sub/model", entries, 64); }),
-              HasSubstr("invalid shard base name \"sub/model\""));
-  EXPECT_THAT(list_directory(directory.path()), ElementsAre("keep.txt"));
+  EXPECT_THAT(
+      error_message([&] { write_sharded_safetensors(directory.path(), "model", entries, 0); }),
+      HasSubstr("maximum shard size is 0 bytes"));
+  EXPECT_THAT(
+      error_message([&] { write_sharded_safetensors(directory.path(), "sub/model", entries, 64); }),
+      HasSubstr("invalid shard base name \"sub/model\""));
+  EXPECT_THAT(file_names(directory.path()), ElementsAre("keep.txt"));
 }
 
 // Bytes the file system allocated for `path` (st_blocks counts 512-byte units).
@@ -280,10 +268,9 @@ TEST(SafetensorsWriter, ZeroEntryChecksSize) {
   SafetensorsEntry entry = zero_safetensors_entry("w", DType::f32, {4});
   // A writer that appends more zeros than the shape's byte size is rejected as with write().
   entry.write_data = [](TensorDataSink& sink) { sink.write_zeros(17); };
-  EXPECT_THAT(
-      invalid_input_message([&] { write_safetensors(directory / "w.safetensors", {entry}); }),
-      HasSubstr("tensor \"w\": the data writer produced more than the 16 bytes"));
-  EXPECT_TRUE(list_directory(directory.path()).empty());
+  EXPECT_THAT(error_message([&] { write_safetensors(directory / "w.safetensors", {entry}); }),
+              HasSubstr("tensor \"w\": the data writer produced more than the 16 bytes"));
+  EXPECT_TRUE(file_names(directory.path()).empty());
 }
 
 // A sink with only write(), to check the default write_zeros.

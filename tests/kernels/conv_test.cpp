@@ -12,8 +12,8 @@ namespace {
 using testing::expect_matches;
 using testing::Expected;
 using ::testing::HasSubstr;
-using testing::random_values;
 using testing::rounded_to;
+using testing::uniform_values;
 
 struct ConvCase {
   std::int64_t batch, in_channels, out_channels, height, width, kernel;
@@ -88,11 +88,11 @@ void check_case(const ConvCase& c, DType x_dtype, DType weight_dtype, std::uint3
   const Shape x_shape = {c.batch, c.in_channels, c.height, c.width};
   const Shape w_shape = {c.out_channels, c.in_channels, c.kernel, c.kernel};
   const auto x_values =
-      rounded_to(random_values(static_cast<std::size_t>(shape_numel(x_shape)), seed), x_dtype);
+      rounded_to(uniform_values(static_cast<std::size_t>(shape_numel(x_shape)), seed), x_dtype);
   const auto w_values = rounded_to(
-      random_values(static_cast<std::size_t>(shape_numel(w_shape)), seed + 1), weight_dtype);
+      uniform_values(static_cast<std::size_t>(shape_numel(w_shape)), seed + 1), weight_dtype);
   const auto b_values = c.with_bias
-                            ? rounded_to(random_values(c.out_channels, seed + 2), weight_dtype)
+                            ? rounded_to(uniform_values(c.out_channels, seed + 2), weight_dtype)
                             : std::vector<float>();
   const Conv2d conv(
       Tensor::from_floats(w_values, w_shape, weight_dtype),
@@ -142,11 +142,11 @@ TEST(Conv2d, OutputShapeFollowsPaddingAndStride) {
 TEST(Conv2d, NonContiguousInput) {
   // x is [N, C, W, H] transposed to [N, C, H, W].
   const ConvCase c{1, 5, 16, 9, 7, 3, options(1, Padding2d::symmetric(1)), true};
-  const Tensor x_t = Tensor::from_floats(random_values(5 * 7 * 9, 300), {1, 5, 7, 9});
+  const Tensor x_t = Tensor::from_floats(uniform_values(5 * 7 * 9, 300), {1, 5, 7, 9});
   const Tensor x = x_t.transpose(2, 3);
   ASSERT_FALSE(x.is_contiguous());
-  const auto w_values = random_values(16 * 5 * 9, 301);
-  const auto b_values = random_values(16, 302);
+  const auto w_values = uniform_values(16 * 5 * 9, 301);
+  const auto b_values = uniform_values(16, 302);
   const Conv2d conv(Tensor::from_floats(w_values, {16, 5, 3, 3}),
                     Tensor::from_floats(b_values, {16}), c.options);
   const Tensor y = conv.forward(x);

@@ -8,38 +8,26 @@
 
 #include <cmath>
 #include <cstdint>
-#include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "runtime/allocator.h"
 #include "runtime/dtype.h"
 #include "runtime/tensor.h"
+#include "support/allocator_runs.h"
+#include "support/inputs.h"
 
 namespace ethereal::cpu::testing {
 
-// Uniform values in [-1, 1) from a fixed seed.
-inline std::vector<float> random_values(std::size_t count, std::uint32_t seed) {
-  std::mt19937 generator(seed);
-  std::uniform_real_distribution<float> distribution(-1.0f, 1.0f);
-  std::vector<float> values(count);
-  for (float& value : values) {
-    value = distribution(generator);
-  }
-  return values;
-}
+using test_support::expect_same_statistics;
+using test_support::stats_of_run;
+using test_support::uniform_values;
 
 // `values` as they read back after a round trip through `dtype` (bf16: to nearest even).
 inline std::vector<float> rounded_to(const std::vector<float>& values, DType dtype) {
   if (dtype == DType::f32) {
     return values;
   }
-  std::vector<float> result(values.size());
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    result[i] = bf16_to_f32(f32_to_bf16(values[i]));
-  }
-  return result;
+  return test_support::rounded_to_bf16(values);
 }
 
 // Reference value with the bound on its error: a sum of `terms` products accumulated in f32
@@ -76,25 +64,6 @@ inline void expect_matches(const Tensor& actual, const std::vector<Expected>& ex
       ++reported;
     }
   }
-}
-
-// Allocator statistics of `body` run under a fresh CPU allocator, dry or not.
-inline AllocatorStats stats_of_run(bool dry_run, const std::function<void()>& body) {
-  CpuCachingAllocator allocator(CpuCachingAllocator::Options{.dry_run = dry_run});
-  {
-    ScopedAllocator scope(allocator);
-    body();
-  }
-  return allocator.stats();
-}
-
-inline void expect_same_statistics(const AllocatorStats& real, const AllocatorStats& dry) {
-  EXPECT_EQ(real.allocated_bytes.peak, dry.allocated_bytes.peak);
-  EXPECT_EQ(real.reserved_bytes.peak, dry.reserved_bytes.peak);
-  EXPECT_EQ(real.requested_bytes.peak, dry.requested_bytes.peak);
-  EXPECT_EQ(real.allocation_count, dry.allocation_count);
-  EXPECT_EQ(real.allocated_bytes.current, dry.allocated_bytes.current);
-  EXPECT_GT(real.allocation_count, 0);
 }
 
 }  // namespace ethereal::cpu::testing

@@ -8,6 +8,7 @@
 
 #include "dense_test_support.h"
 #include "runtime/error.h"
+#include "support/reference_linear.h"
 
 namespace ethereal::cpu {
 namespace {
@@ -15,29 +16,18 @@ namespace {
 using testing::expect_matches;
 using testing::Expected;
 using ::testing::HasSubstr;
-using testing::random_values;
 using testing::rounded_to;
+using testing::uniform_values;
 
 // y[r, n] = sum_k x[r, k] w[n, k] + b[n] in double, from the values the kernel computes with.
 std::vector<Expected> reference_linear(const std::vector<float>& x, const std::vector<float>& w,
                                        const std::vector<float>& bias, std::int64_t rows,
                                        std::int64_t k, std::int64_t n) {
-  std::vector<Expected> y(static_cast<std::size_t>(rows * n));
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t j = 0; j < n; ++j) {
-      Expected& e = y[static_cast<std::size_t>(r * n + j)];
-      e.terms = k + 1;
-      for (std::int64_t i = 0; i < k; ++i) {
-        const double product = static_cast<double>(x[static_cast<std::size_t>(r * k + i)]) *
-                               w[static_cast<std::size_t>(j * k + i)];
-        e.value += product;
-        e.absolute_sum += std::fabs(product);
-      }
-      if (!bias.empty()) {
-        e.value += bias[static_cast<std::size_t>(j)];
-        e.absolute_sum += std::fabs(bias[static_cast<std::size_t>(j)]);
-      }
-    }
+  const test_support::LinearReference reference =
+      test_support::reference_linear(x, w, bias, rows, k, n);
+  std::vector<Expected> y(reference.value.size());
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    y[i] = {.value = reference.value[i], .absolute_sum = reference.absolute_sum[i], .terms = k + 1};
   }
   return y;
 }
@@ -55,10 +45,10 @@ const LinearCase kCases[] = {{1, 1, 1, false},     {3, 17, 33, true},   {17, 65,
 // uses the inputs as the kernel computes with them: rounded to the packed dtype.
 void check_case(const LinearCase& c, DType x_dtype, DType weight_dtype, DType out_dtype,
                 std::uint32_t seed) {
-  const auto x_values = rounded_to(random_values(c.rows * c.k, seed), x_dtype);
-  const auto w_values = rounded_to(random_values(c.n * c.k, seed + 1), weight_dtype);
+  const auto x_values = rounded_to(uniform_values(c.rows * c.k, seed), x_dtype);
+  const auto w_values = rounded_to(uniform_values(c.n * c.k, seed + 1), weight_dtype);
   const auto b_values =
-      c.with_bias ? rounded_to(random_values(c.n, seed + 2), weight_dtype) : std::vector<float>();
+      c.with_bias ? rounded_to(uniform_values(c.n, seed + 2), weight_dtype) : std::vector<float>();
   const Tensor x = Tensor::from_floats(x_values, {c.rows, c.k}, x_dtype);
   const Tensor w = Tensor::from_floats(w_values, {c.n, c.k}, weight_dtype);
   const Tensor b = c.with_bias ? Tensor::from_floats(b_values, {c.n}, weight_dtype) : Tensor();
@@ -119,9 +109,9 @@ TEST(Linear, Bf16ComputeWritesF32Output) {
 
 TEST(Linear, PackedDtypeConvertsF32Weights) {
   const std::int64_t rows = 9, k = 33, n = 17;
-  const auto x_values = random_values(rows * k, 500);
-  const auto w_values = random_values(n * k, 501);
-  const auto b_values = random_values(n, 502);
+  const auto x_values = uniform_values(rows * k, 500);
+  const auto w_values = uniform_values(n * k, 501);
+  const auto b_values = uniform_values(n, 502);
   const PackedLinear linear(Tensor::from_floats(w_values, {n, k}),
                             Tensor::from_floats(b_values, {n}), DType::bf16);
   EXPECT_EQ(linear.packed_dtype(), DType::bf16);
@@ -136,8 +126,8 @@ TEST(Linear, PackedDtypeConvertsF32Weights) {
 
 TEST(Linear, ThreeDimensionalInput) {
   const std::int64_t k = 65, n = 33;
-  const auto x_values = random_values(2 * 7 * k, 600);
-  const auto w_values = random_values(n * k, 601);
+  const auto x_values = uniform_values(2 * 7 * k, 600);
+  const auto w_values = uniform_values(n * k, 601);
   const PackedLinear linear(Tensor::from_floats(w_values, {n, k}));
   const Tensor y = linear.forward(Tensor::from_floats(x_values, {2, 7, k}));
   ASSERT_EQ(y.shape(), (Shape{2, 7, n}));
@@ -147,8 +137,8 @@ TEST(Linear, ThreeDimensionalInput) {
 TEST(Linear, NonContiguousInput) {
   // x is the transpose of a [k, rows] tensor: its rows are strided.
   const std::int64_t rows = 13, k = 17, n = 5;
-  const auto xt_values = random_values(k * rows, 700);
-  const auto w_values = random_values(n * k, 701);
+  const auto xt_values = uniform_values(k * rows, 700);
+  const auto w_values = uniform_values(n * k, 701);
   const Tensor x = Tensor::from_floats(xt_values, {k, rows}).transpose(0, 1);
   ASSERT_FALSE(x.is_contiguous());
   const PackedLinear linear(Tensor::from_floats(w_values, {n, k}));
@@ -159,8 +149,8 @@ TEST(Linear, NonContiguousInput) {
 TEST(Linear, NonContiguousWeight) {
   // The weight is a transposed view of an [in, out] tensor.
   const std::int64_t rows = 4, k = 19, n = 7;
-  const auto x_values = random_values(rows * k, 750);
-  const Tensor w = Tensor::from_floats(random_values(k * n, 751), {k, n}).transpose(0, 1);
+  const auto x_values = uniform_values(rows * k, 750);
+  const Tensor w = Tensor::from_floats(uniform_values(k * n, 751), {k, n}).transpose(0, 1);
   const PackedLinear linear(w);
   expect_matches(linear.forward(Tensor::from_floats(x_values, {rows, k})),
                  reference_linear(x_values, w.to_floats(), {}, rows, k, n), "transposed weight");
@@ -168,8 +158,8 @@ TEST(Linear, NonContiguousWeight) {
 
 TEST(Linear, ForwardIntoWritesPreallocatedOutput) {
   const std::int64_t rows = 5, k = 33, n = 65;
-  const auto x_values = rounded_to(random_values(rows * k, 800), DType::bf16);
-  const auto w_values = rounded_to(random_values(n * k, 801), DType::bf16);
+  const auto x_values = rounded_to(uniform_values(rows * k, 800), DType::bf16);
+  const auto w_values = rounded_to(uniform_values(n * k, 801), DType::bf16);
   const PackedLinear linear(Tensor::from_floats(w_values, {n, k}, DType::bf16));
   const Tensor out = Tensor::zeros({rows, n}, DType::f32);
   linear.forward_into(Tensor::from_floats(x_values, {rows, k}, DType::bf16), out);
@@ -177,7 +167,7 @@ TEST(Linear, ForwardIntoWritesPreallocatedOutput) {
 }
 
 TEST(Linear, EmptyInputGivesEmptyOutput) {
-  const PackedLinear linear(Tensor::from_floats(random_values(12, 850), {3, 4}));
+  const PackedLinear linear(Tensor::from_floats(uniform_values(12, 850), {3, 4}));
   const Tensor y = linear.forward(Tensor::zeros({0, 4}, DType::f32));
   EXPECT_EQ(y.shape(), (Shape{0, 3}));
 }
@@ -238,7 +228,7 @@ TEST(Linear, LayoutOffsetsAddressPackedWeightsBf16) {
 TEST(Linear, WriteRowsMatchesPackingConstructor) {
   for (DType dtype : {DType::f32, DType::bf16}) {
     const std::int64_t k = 37, n = 70;
-    const auto w_values = random_values(n * k, 900);
+    const auto w_values = uniform_values(n * k, 900);
     const Tensor w = Tensor::from_floats(w_values, {n, k});
     const PackedLinear packed(w, Tensor(), dtype);
     PackedLinear written = PackedLinear::allocate(n, k, dtype);
@@ -251,7 +241,7 @@ TEST(Linear, WriteRowsMatchesPackingConstructor) {
       EXPECT_EQ(std::memcmp(packed_bytes, written_bytes, packed.layout().bytes), 0);
     } else {
       // Rows 30 and up went through bf16, so compare the forward results instead.
-      const auto x_values = random_values(3 * k, 901);
+      const auto x_values = uniform_values(3 * k, 901);
       auto rounded_w = w_values;
       const auto tail =
           rounded_to(std::vector<float>(w_values.begin() + 30 * k, w_values.end()), DType::bf16);
@@ -266,7 +256,7 @@ TEST(Linear, WriteRowsMatchesPackingConstructor) {
 }
 
 TEST(Linear, RejectsWrongInputFeatures) {
-  const PackedLinear linear(Tensor::from_floats(random_values(12, 1000), {3, 4}));
+  const PackedLinear linear(Tensor::from_floats(uniform_values(12, 1000), {3, 4}));
   try {
     linear.forward(Tensor::zeros({2, 5}, DType::f32));
     FAIL() << "expected an error";
@@ -283,7 +273,7 @@ TEST(Linear, RejectsUnsupportedDtypes) {
   } catch (const Error& error) {
     EXPECT_THAT(error.what(), HasSubstr("weight dtype is int8"));
   }
-  const PackedLinear linear(Tensor::from_floats(random_values(12, 1001), {3, 4}));
+  const PackedLinear linear(Tensor::from_floats(uniform_values(12, 1001), {3, 4}));
   try {
     linear.forward(Tensor::zeros({2, 4}, DType::f16));
     FAIL() << "expected an error";
@@ -324,7 +314,7 @@ TEST(Linear, RejectsWrongOutputAndRows) {
 }
 
 TEST(Linear, PackedWeightsAreCountedByAllocator) {
-  const Tensor w = Tensor::from_floats(random_values(130 * 65, 1100), {130, 65}, DType::bf16);
+  const Tensor w = Tensor::from_floats(uniform_values(130 * 65, 1100), {130, 65}, DType::bf16);
   const AllocatorStats stats = testing::stats_of_run(false, [&] {
     const PackedLinear linear(w);
     EXPECT_EQ(current_allocator(Device::cpu()).stats().allocated_bytes.current,

@@ -12,8 +12,8 @@ namespace {
 using testing::expect_matches;
 using testing::Expected;
 using ::testing::HasSubstr;
-using testing::random_values;
 using testing::rounded_to;
+using testing::uniform_values;
 
 // Computes alpha * a x b (or b^T) in double for tensors of equal rank whose batch dimensions
 // broadcast. Values are read from the tensors in logical order, so any strides work.
@@ -59,7 +59,7 @@ std::vector<Expected> reference_matmul(const Tensor& a, const Tensor& b, bool tr
 }
 
 Tensor random_tensor(const Shape& shape, DType dtype, std::uint32_t seed) {
-  return Tensor::from_floats(random_values(static_cast<std::size_t>(shape_numel(shape)), seed),
+  return Tensor::from_floats(uniform_values(static_cast<std::size_t>(shape_numel(shape)), seed),
                              shape, dtype);
 }
 

@@ -6,9 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdint>
 #include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -16,50 +14,18 @@
 #include "runtime/dtype.h"
 #include "runtime/error.h"
 #include "runtime/tensor.h"
+#include "support/inputs.h"
+#include "support/tensor_compare.h"
 
 namespace ethereal::cpu::vector_testing {
 
-// Uniform values in [low, high) from a fixed seed.
-inline std::vector<float> uniform_values(std::size_t count, std::uint32_t seed, float low = -1.0f,
-                                         float high = 1.0f) {
-  std::mt19937 generator(seed);
-  std::uniform_real_distribution<float> distribution(low, high);
-  std::vector<float> values(count);
-  for (float& value : values) {
-    value = distribution(generator);
-  }
-  return values;
-}
-
-// A tensor of seeded uniform values stored in `dtype` (bf16 rounds to nearest even).
-inline Tensor uniform_tensor(const Shape& shape, DType dtype, std::uint32_t seed, float low = -1.0f,
-                             float high = 1.0f) {
-  const auto values = uniform_values(static_cast<std::size_t>(shape_numel(shape)), seed, low, high);
-  return Tensor::from_floats(values, shape, dtype);
-}
+using test_support::expect_near_all;
+using test_support::uniform_tensor;
+using test_support::uniform_values;
 
 // Relative precision of one rounding to `dtype` (half a unit in the last place).
 inline double rounding_error(DType dtype) {
   return dtype == DType::bf16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -24);
-}
-
-// Expects |actual[i] - expected[i]| <= absolute + relative * |expected[i]| for every element,
-// reporting the first few mismatches with their flat index.
-inline void expect_near_all(const std::vector<float>& actual, const std::vector<double>& expected,
-                            double absolute, double relative, const std::string& label) {
-  ASSERT_EQ(actual.size(), expected.size()) << label;
-  int reported = 0;
-  for (std::size_t i = 0; i < actual.size() && reported < 5; ++i) {
-    const double bound = absolute + relative * std::fabs(expected[i]);
-    const double error = std::fabs(static_cast<double>(actual[i]) - expected[i]);
-    const bool both_nan = std::isnan(actual[i]) && std::isnan(expected[i]);
-    const bool same_infinity = std::isinf(expected[i]) && actual[i] == expected[i];
-    if (!(error <= bound) && !both_nan && !same_infinity) {
-      ADD_FAILURE() << label << ": element " << i << " is " << actual[i] << ", expected "
-                    << expected[i] << " within " << bound;
-      ++reported;
-    }
-  }
 }
 
 // Allocator statistics and output shape of one run of `body` under a fresh allocator.

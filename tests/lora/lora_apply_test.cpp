@@ -6,27 +6,28 @@
 #include <string>
 #include <vector>
 
-#include "io/safetensors_test_util.h"
 #include "lora/lora_test_support.h"
 #include "models/lora/lora.h"
 #include "models/lora/low_rank_adapter.h"
 #include "runtime/allocator.h"
+#include "support/errors.h"
+#include "support/files.h"
+#include "support/inputs.h"
 
 namespace ethereal {
 namespace {
 
 using lora_testing::all_layouts;
 using lora_testing::DeltaReference;
-using lora_testing::invalid_input_message;
 using lora_testing::KeyLayout;
 using lora_testing::random_module;
-using lora_testing::random_tensor;
-using lora_testing::random_values;
 using lora_testing::reference_delta;
 using lora_testing::reference_update;
 using lora_testing::UpdateReference;
 using lora_testing::write_lora;
-using testing_util::TemporaryDirectory;
+using test_support::error_message;
+using test_support::TemporaryDirectory;
+using test_support::uniform_tensor;
 
 const KeyLayout kLightning = all_layouts().front();
 
@@ -74,7 +75,7 @@ TEST(LoraMerge, EqualsF32ReferenceInEveryLayout) {
       const auto factors = random_module(module, 300, 40, 8, 7, 2.0f, dtype);
       write_lora(path, layout, {factors});
       const LoraSet set = LoraSet::read({{path, 0.7f}});
-      const Tensor weight = random_tensor({300, 40}, 99);
+      const Tensor weight = uniform_tensor({300, 40}, DType::f32, 99);
 
       const double alpha = layout.has_alpha ? 2.0 : 8.0;
       expect_merge_matches(set, module, weight,
@@ -93,7 +94,7 @@ TEST(LoraMerge, TwoFilesAddBothUpdates) {
   const LoraSet set = LoraSet::read(
       {{directory / "first.safetensors", 0.5f}, {directory / "second.safetensors", -1.0f}});
 
-  expect_merge_matches(set, module, random_tensor({24, 16}, 5),
+  expect_merge_matches(set, module, uniform_tensor({24, 16}, DType::f32, 5),
                        {reference_delta(first.down, first.up, 0.5 * 8.0 / 4.0),
                         reference_delta(second.down, second.up, -1.0)});
 }
@@ -103,7 +104,7 @@ TEST(LoraMerge, AbsentModuleLeavesWeight) {
   write_lora(directory / "lora.safetensors", kLightning,
              {random_module("transformer_blocks.0.attn.to_q", 4, 4, 2, 1, 1.0f)});
   const LoraSet set = LoraSet::read({{directory / "lora.safetensors", 1.0f}});
-  const Tensor weight = random_tensor({4, 4}, 2);
+  const Tensor weight = uniform_tensor({4, 4}, DType::f32, 2);
   Tensor merged = weight.clone();
 
   set.merge_into("transformer_blocks.0.attn.to_k", merged);
@@ -119,7 +120,7 @@ TEST(LoraMerge, WrongWeightShapeNamesModule) {
   Tensor weight = Tensor::zeros({4, 5}, DType::f32);
 
   const std::string message =
-      invalid_input_message([&] { set.merge_into("transformer_blocks.0.attn.to_q", weight); });
+      error_message([&] { set.merge_into("transformer_blocks.0.attn.to_q", weight); });
 
   EXPECT_NE(message.find(path.string()), std::string::npos) << message;
   EXPECT_NE(message.find("\"transformer_blocks.0.attn.to_q\" changes a [4, 4] weight"),
@@ -137,11 +138,11 @@ void expect_add_to_matches(const LowRankAdapter& adapter, std::int64_t rows, DTy
   const std::int64_t out = adapter.out_features();
   const std::int64_t half = rows / 2;
   // Stored as [2, in, half] and transposed, so x's last axis has stride `half`.
-  const Tensor stored = random_tensor({2, in, half}, 17, x_dtype);
+  const Tensor stored = uniform_tensor({2, in, half}, x_dtype, 17);
   const Tensor x = stored.transpose(1, 2);
   ASSERT_FALSE(x.is_contiguous());
   const std::vector<float> x_values = x.to_floats();  // logical order [2, half, in]
-  const Tensor initial = random_tensor({2, half, out}, 23, out_dtype);
+  const Tensor initial = uniform_tensor({2, half, out}, out_dtype, 23);
   Tensor result = initial.clone();
 
   adapter.add_to(x, result);
@@ -160,8 +161,8 @@ void expect_add_to_matches(const LowRankAdapter& adapter, std::int64_t rows, DTy
 }
 
 TEST(LowRankAdapter, F32MatchesReference) {
-  const Tensor down = random_tensor({4, 24}, 1);
-  const Tensor up = random_tensor({20, 4}, 2);
+  const Tensor down = uniform_tensor({4, 24}, DType::f32, 1);
+  const Tensor up = uniform_tensor({20, 4}, DType::f32, 2);
   const LowRankAdapter adapter(down, up, 0.3f);
   EXPECT_EQ(adapter.rank(), 4);
   EXPECT_EQ(adapter.in_features(), 24);
@@ -175,8 +176,8 @@ TEST(LowRankAdapter, F32MatchesReference) {
 }
 
 TEST(LowRankAdapter, Bf16MatchesReference) {
-  const Tensor down = random_tensor({4, 24}, 1);
-  const Tensor up = random_tensor({20, 4}, 2);
+  const Tensor down = uniform_tensor({4, 24}, DType::f32, 1);
+  const Tensor up = uniform_tensor({20, 4}, DType::f32, 2);
   const LowRankAdapter adapter(down.to(DType::bf16), up.to(DType::bf16), 0.3f);
   EXPECT_EQ(adapter.factor_dtype(), DType::bf16);
   EXPECT_EQ(adapter.nbytes(), std::size_t{2 * (4 * 24 + 20 * 4)});
@@ -196,8 +197,8 @@ TEST(LowRankAdapter, EmptyAdapterDoesNothing) {
   EXPECT_TRUE(adapter.empty());
   EXPECT_EQ(adapter.rank(), 0);
   EXPECT_EQ(adapter.nbytes(), 0u);
-  const Tensor x = random_tensor({3, 5}, 1);
-  const Tensor out = random_tensor({3, 7}, 2);
+  const Tensor x = uniform_tensor({3, 5}, DType::f32, 1);
+  const Tensor out = uniform_tensor({3, 7}, DType::f32, 2);
   const std::vector<float> before = out.to_floats();
 
   adapter.add_to(x, out);
@@ -206,17 +207,19 @@ TEST(LowRankAdapter, EmptyAdapterDoesNothing) {
 }
 
 TEST(LowRankAdapter, RankMismatchIsRejected) {
-  EXPECT_THROW(LowRankAdapter(random_tensor({4, 6}, 1), random_tensor({5, 3}, 2), 1.0f),
+  EXPECT_THROW(LowRankAdapter(uniform_tensor({4, 6}, DType::f32, 1),
+                              uniform_tensor({5, 3}, DType::f32, 2), 1.0f),
                InvalidInputError);
-  EXPECT_THROW(LowRankAdapter(random_tensor({4}, 1), random_tensor({5, 4}, 2), 1.0f),
+  EXPECT_THROW(LowRankAdapter(uniform_tensor({4}, DType::f32, 1),
+                              uniform_tensor({5, 4}, DType::f32, 2), 1.0f),
                InvalidInputError);
 }
 
 TEST(LowRankAdapter, AppendWithEqualScalesConcatenates) {
-  const Tensor down_a = random_tensor({3, 16}, 1);
-  const Tensor up_a = random_tensor({12, 3}, 2);
-  const Tensor down_b = random_tensor({2, 16}, 3);
-  const Tensor up_b = random_tensor({12, 2}, 4);
+  const Tensor down_a = uniform_tensor({3, 16}, DType::f32, 1);
+  const Tensor up_a = uniform_tensor({12, 3}, DType::f32, 2);
+  const Tensor down_b = uniform_tensor({2, 16}, DType::f32, 3);
+  const Tensor up_b = uniform_tensor({12, 2}, DType::f32, 4);
   LowRankAdapter adapter(down_a, up_a, 0.25f);
 
   adapter.append(LowRankAdapter(down_b, up_b, 0.25f));
@@ -229,10 +232,10 @@ TEST(LowRankAdapter, AppendWithEqualScalesConcatenates) {
 }
 
 TEST(LowRankAdapter, AppendWithDifferentScalesFoldsThem) {
-  const Tensor down_a = random_tensor({3, 16}, 1);
-  const Tensor up_a = random_tensor({12, 3}, 2);
-  const Tensor down_b = random_tensor({2, 16}, 3);
-  const Tensor up_b = random_tensor({12, 2}, 4);
+  const Tensor down_a = uniform_tensor({3, 16}, DType::f32, 1);
+  const Tensor up_a = uniform_tensor({12, 3}, DType::f32, 2);
+  const Tensor down_b = uniform_tensor({2, 16}, DType::f32, 3);
+  const Tensor up_b = uniform_tensor({12, 2}, DType::f32, 4);
   LowRankAdapter adapter(down_a.to(DType::bf16), up_a.to(DType::bf16), 0.125f);
 
   // The second adapter is f32 and is converted to the first one's bf16.
@@ -248,7 +251,8 @@ TEST(LowRankAdapter, AppendWithDifferentScalesFoldsThem) {
 
 TEST(LowRankAdapter, AppendToEmptyCopies) {
   LowRankAdapter adapter;
-  adapter.append(LowRankAdapter(random_tensor({2, 4}, 1), random_tensor({3, 2}, 2), 0.5f));
+  adapter.append(LowRankAdapter(uniform_tensor({2, 4}, DType::f32, 1),
+                                uniform_tensor({3, 2}, DType::f32, 2), 0.5f));
   EXPECT_EQ(adapter.rank(), 2);
   EXPECT_EQ(adapter.scale(), 0.5f);
   adapter.append(LowRankAdapter());
@@ -256,9 +260,11 @@ TEST(LowRankAdapter, AppendToEmptyCopies) {
 }
 
 TEST(LowRankAdapter, AppendOfOtherLayerIsRejected) {
-  LowRankAdapter adapter(random_tensor({2, 4}, 1), random_tensor({3, 2}, 2), 0.5f);
-  const std::string message = invalid_input_message([&] {
-    adapter.append(LowRankAdapter(random_tensor({2, 5}, 1), random_tensor({3, 2}, 2), 0.5f));
+  LowRankAdapter adapter(uniform_tensor({2, 4}, DType::f32, 1),
+                         uniform_tensor({3, 2}, DType::f32, 2), 0.5f);
+  const std::string message = error_message([&] {
+    adapter.append(LowRankAdapter(uniform_tensor({2, 5}, DType::f32, 1),
+                                  uniform_tensor({3, 2}, DType::f32, 2), 0.5f));
   });
   EXPECT_NE(message.find("[3, 4] and [3, 5]"), std::string::npos) << message;
 }
@@ -317,8 +323,8 @@ CallFigures figures_of(Allocator& allocator, const std::function<void()>& call) 
 }
 
 TEST(LowRankAdapterDryRun, AllocatesSameTemporaries) {
-  const LowRankAdapter adapter(random_tensor({4, 24}, 1, DType::bf16),
-                               random_tensor({20, 4}, 2, DType::bf16), 0.5f);
+  const LowRankAdapter adapter(uniform_tensor({4, 24}, DType::bf16, 1),
+                               uniform_tensor({20, 4}, DType::bf16, 2), 0.5f);
   const Shape x_shape = {2, 700, 24};
   const Shape out_shape = {2, 700, 20};
 
@@ -326,7 +332,7 @@ TEST(LowRankAdapterDryRun, AllocatesSameTemporaries) {
   CallFigures real_figures;
   {
     ScopedAllocator scope(real);
-    const Tensor x = random_tensor(x_shape, 3);  // f32, so add_to converts it
+    const Tensor x = uniform_tensor(x_shape, DType::f32, 3);  // f32, so add_to converts it
     const Tensor out = Tensor::zeros(out_shape, DType::bf16);
     real_figures = figures_of(real, [&] { adapter.add_to(x, out); });
   }
@@ -347,9 +353,10 @@ TEST(LowRankAdapterDryRun, AllocatesSameTemporaries) {
 }
 
 TEST(LowRankAdapterDryRun, ComputesNothing) {
-  const LowRankAdapter adapter(random_tensor({4, 24}, 1), random_tensor({20, 4}, 2), 0.5f);
-  const Tensor x = random_tensor({30, 24}, 3);
-  const Tensor out = random_tensor({30, 20}, 4);
+  const LowRankAdapter adapter(uniform_tensor({4, 24}, DType::f32, 1),
+                               uniform_tensor({20, 4}, DType::f32, 2), 0.5f);
+  const Tensor x = uniform_tensor({30, 24}, DType::f32, 3);
+  const Tensor out = uniform_tensor({30, 20}, DType::f32, 4);
   const std::vector<float> before = out.to_floats();
   CpuCachingAllocator dry(CpuCachingAllocator::Options{.dry_run = true});
   {
@@ -366,7 +373,7 @@ TEST(LoraMergeDryRun, AllocatesSameTemporariesAndLeavesWeight) {
   write_lora(directory / "lora.safetensors", kLightning,
              {random_module(module, 300, 16, 4, 1, 4.0f)});
   const LoraSet set = LoraSet::read({{directory / "lora.safetensors", 1.0f}});
-  Tensor weight = random_tensor({300, 16}, 2);
+  Tensor weight = uniform_tensor({300, 16}, DType::f32, 2);
   const std::vector<float> before = weight.to_floats();
 
   CpuCachingAllocator real;

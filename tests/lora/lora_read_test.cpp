@@ -5,22 +5,25 @@
 #include <string>
 #include <vector>
 
-#include "io/safetensors_test_util.h"
 #include "lora/lora_test_support.h"
 #include "models/lora/lora.h"
 #include "runtime/allocator.h"
+#include "support/errors.h"
+#include "support/files.h"
+#include "support/inputs.h"
 
 namespace ethereal {
 namespace {
 
 using lora_testing::all_layouts;
-using lora_testing::invalid_input_message;
 using lora_testing::KeyLayout;
 using lora_testing::ModuleFactors;
 using lora_testing::random_module;
-using lora_testing::random_tensor;
 using lora_testing::write_lora;
-using testing_util::TemporaryDirectory;
+using test_support::error_message;
+using test_support::TemporaryDirectory;
+using test_support::uniform_tensor;
+using test_support::uniform_values;
 
 const KeyLayout kLightning = all_layouts().front();
 
@@ -81,8 +84,8 @@ TEST(LoraRead, AlphaOfShapeOneAndBf16IsAccepted) {
   TemporaryDirectory directory;
   const auto path = directory / "lora.safetensors";
   const float alpha[] = {4.0f};
-  write_safetensors(path, {{"x.lora_down.weight", random_tensor({2, 3}, 1)},
-                           {"x.lora_up.weight", random_tensor({3, 2}, 2)},
+  write_safetensors(path, {{"x.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 1)},
+                           {"x.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 2)},
                            {"x.alpha", Tensor::from_floats(alpha, {1}, DType::bf16)}});
 
   const LoraSet set = LoraSet::read({{path, 0.5f}});
@@ -135,7 +138,7 @@ std::string read_error(const TemporaryDirectory& directory,
                        const std::vector<std::pair<std::string, Tensor>>& tensors) {
   const auto path = directory / "bad.safetensors";
   write_safetensors(path, tensors);
-  const std::string message = invalid_input_message([&] { LoraSet::read({{path, 1.0f}}); });
+  const std::string message = error_message([&] { LoraSet::read({{path, 1.0f}}); });
   EXPECT_NE(message.find(path.string()), std::string::npos) << message;
   return message;
 }
@@ -144,9 +147,9 @@ TEST(LoraRead, MissingUpPartnerNamesKey) {
   TemporaryDirectory directory;
   const float alpha[] = {1.0f};
   const std::string message =
-      read_error(directory, {{"a.lora_down.weight", random_tensor({2, 3}, 1)},
-                             {"a.lora_up.weight", random_tensor({3, 2}, 2)},
-                             {"b.lora_down.weight", random_tensor({2, 3}, 3)},
+      read_error(directory, {{"a.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 1)},
+                             {"a.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 2)},
+                             {"b.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 3)},
                              {"b.alpha", Tensor::from_floats(alpha, {})}});
   EXPECT_NE(message.find("\"b.lora_down.weight\""), std::string::npos) << message;
   EXPECT_NE(message.find("no up"), std::string::npos) << message;
@@ -154,8 +157,8 @@ TEST(LoraRead, MissingUpPartnerNamesKey) {
 
 TEST(LoraRead, MissingDownPartnerNamesKey) {
   TemporaryDirectory directory;
-  const std::string message =
-      read_error(directory, {{"transformer.a.lora_B.weight", random_tensor({3, 2}, 1)}});
+  const std::string message = read_error(
+      directory, {{"transformer.a.lora_B.weight", uniform_tensor({3, 2}, DType::f32, 1)}});
   EXPECT_NE(message.find("\"transformer.a.lora_B.weight\""), std::string::npos) << message;
   EXPECT_NE(message.find("no down"), std::string::npos) << message;
 }
@@ -172,9 +175,9 @@ TEST(LoraRead, UnknownKeyKindNamesKey) {
   for (const std::string key : {"a.lora_mid.weight", "a.diff", "a.dora_scale", "a.weight"}) {
     SCOPED_TRACE(key);
     const std::string message =
-        read_error(directory, {{"a.lora_down.weight", random_tensor({2, 3}, 1)},
-                               {"a.lora_up.weight", random_tensor({3, 2}, 2)},
-                               {key, random_tensor({3, 3}, 3)}});
+        read_error(directory, {{"a.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 1)},
+                               {"a.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 2)},
+                               {key, uniform_tensor({3, 3}, DType::f32, 3)}});
     EXPECT_NE(message.find("\"" + key + "\""), std::string::npos) << message;
     EXPECT_NE(message.find("unsupported kind"), std::string::npos) << message;
   }
@@ -182,10 +185,11 @@ TEST(LoraRead, UnknownKeyKindNamesKey) {
 
 TEST(LoraRead, KohyaNamesAreRejected) {
   TemporaryDirectory directory;
-  const std::string message = read_error(
-      directory,
-      {{"lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight", random_tensor({2, 3}, 1)},
-       {"lora_unet_transformer_blocks_0_attn_to_q.lora_up.weight", random_tensor({3, 2}, 2)}});
+  const std::string message =
+      read_error(directory, {{"lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight",
+                              uniform_tensor({2, 3}, DType::f32, 1)},
+                             {"lora_unet_transformer_blocks_0_attn_to_q.lora_up.weight",
+                              uniform_tensor({3, 2}, DType::f32, 2)}});
   EXPECT_NE(message.find("kohya"), std::string::npos) << message;
   EXPECT_NE(message.find("lora_unet_transformer_blocks_0_attn_to_q.lora_"), std::string::npos)
       << message;
@@ -194,18 +198,18 @@ TEST(LoraRead, KohyaNamesAreRejected) {
 TEST(LoraRead, RankMismatchNamesBothKeys) {
   TemporaryDirectory directory;
   const std::string message =
-      read_error(directory, {{"a.lora_down.weight", random_tensor({4, 3}, 1)},
-                             {"a.lora_up.weight", random_tensor({3, 2}, 2)}});
+      read_error(directory, {{"a.lora_down.weight", uniform_tensor({4, 3}, DType::f32, 1)},
+                             {"a.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 2)}});
   EXPECT_NE(message.find("\"a.lora_down.weight\" [4, 3] has rank 4"), std::string::npos) << message;
   EXPECT_NE(message.find("\"a.lora_up.weight\" [3, 2] has rank 2"), std::string::npos) << message;
 }
 
 TEST(LoraRead, NonFiniteValueNamesKey) {
   TemporaryDirectory directory;
-  std::vector<float> values = lora_testing::random_values(6, 1);
+  std::vector<float> values = uniform_values(6, 1);
   values[4] = std::numeric_limits<float>::infinity();
   const std::string message = read_error(
-      directory, {{"a.lora_down.weight", random_tensor({2, 3}, 1)},
+      directory, {{"a.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 1)},
                   {"a.lora_up.weight", Tensor::from_floats(values, {3, 2}, DType::bf16)}});
   EXPECT_NE(message.find("\"a.lora_up.weight\""), std::string::npos) << message;
   EXPECT_NE(message.find("non-finite"), std::string::npos) << message;
@@ -216,8 +220,8 @@ TEST(LoraRead, NonFiniteAlphaNamesKey) {
   TemporaryDirectory directory;
   const float alpha[] = {std::numeric_limits<float>::quiet_NaN()};
   const std::string message =
-      read_error(directory, {{"a.lora_down.weight", random_tensor({2, 3}, 1)},
-                             {"a.lora_up.weight", random_tensor({3, 2}, 2)},
+      read_error(directory, {{"a.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 1)},
+                             {"a.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 2)},
                              {"a.alpha", Tensor::from_floats(alpha, {})}});
   EXPECT_NE(message.find("\"a.alpha\""), std::string::npos) << message;
 }
@@ -225,19 +229,19 @@ TEST(LoraRead, NonFiniteAlphaNamesKey) {
 TEST(LoraRead, AlphaWithSeveralValuesIsRejected) {
   TemporaryDirectory directory;
   const std::string message =
-      read_error(directory, {{"a.lora_down.weight", random_tensor({2, 3}, 1)},
-                             {"a.lora_up.weight", random_tensor({3, 2}, 2)},
-                             {"a.alpha", random_tensor({2}, 3)}});
+      read_error(directory, {{"a.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 1)},
+                             {"a.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 2)},
+                             {"a.alpha", uniform_tensor({2}, DType::f32, 3)}});
   EXPECT_NE(message.find("\"a.alpha\""), std::string::npos) << message;
   EXPECT_NE(message.find("single number"), std::string::npos) << message;
 }
 
 TEST(LoraRead, ModuleStoredTwiceNamesBothKeys) {
   TemporaryDirectory directory;
-  const std::string message =
-      read_error(directory, {{"transformer.a.lora_down.weight", random_tensor({2, 3}, 1)},
-                             {"a.lora_down.weight", random_tensor({2, 3}, 2)},
-                             {"a.lora_up.weight", random_tensor({3, 2}, 3)}});
+  const std::string message = read_error(
+      directory, {{"transformer.a.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 1)},
+                  {"a.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 2)},
+                  {"a.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 3)}});
   EXPECT_NE(message.find("\"transformer.a.lora_down.weight\""), std::string::npos) << message;
   EXPECT_NE(message.find("\"a.lora_down.weight\""), std::string::npos) << message;
 }
@@ -245,17 +249,17 @@ TEST(LoraRead, ModuleStoredTwiceNamesBothKeys) {
 TEST(LoraRead, FactorThatIsNotMatrixNamesKey) {
   TemporaryDirectory directory;
   const std::string message =
-      read_error(directory, {{"a.lora_down.weight", random_tensor({2, 3, 1, 1}, 1)},
-                             {"a.lora_up.weight", random_tensor({3, 2}, 2)}});
+      read_error(directory, {{"a.lora_down.weight", uniform_tensor({2, 3, 1, 1}, DType::f32, 1)},
+                             {"a.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 2)}});
   EXPECT_NE(message.find("\"a.lora_down.weight\" has shape [2, 3, 1, 1]"), std::string::npos)
       << message;
 }
 
 TEST(LoraRead, IntegerFactorNamesKey) {
   TemporaryDirectory directory;
-  const std::string message =
-      read_error(directory, {{"a.lora_down.weight", random_tensor({2, 3}, 1).to(DType::int32)},
-                             {"a.lora_up.weight", random_tensor({3, 2}, 2)}});
+  const std::string message = read_error(
+      directory, {{"a.lora_down.weight", uniform_tensor({2, 3}, DType::f32, 1).to(DType::int32)},
+                  {"a.lora_up.weight", uniform_tensor({3, 2}, DType::f32, 2)}});
   EXPECT_NE(message.find("\"a.lora_down.weight\" has dtype I32"), std::string::npos) << message;
 }
 
@@ -300,7 +304,7 @@ TEST(LoraCheck, UnmatchedModulesAreCountedAndNamed) {
   write_lora(path, kLightning, modules);
   const LoraSet set = LoraSet::read({{path, 1.0f}});
 
-  const std::string message = invalid_input_message([&] { set.check(tiny_model_shape); });
+  const std::string message = error_message([&] { set.check(tiny_model_shape); });
 
   EXPECT_NE(message.find("6 of 8 LoRA modules match no linear layer"), std::string::npos)
       << message;
@@ -319,7 +323,7 @@ TEST(LoraCheck, ShapeMismatchNamesModuleAndShapes) {
   write_lora(path, kLightning, {random_module("transformer_blocks.0.attn.to_q", 6, 4, 3, 1, 2.0f)});
   const LoraSet set = LoraSet::read({{path, 1.0f}});
 
-  const std::string message = invalid_input_message([&] { set.check(tiny_model_shape); });
+  const std::string message = error_message([&] { set.check(tiny_model_shape); });
 
   EXPECT_NE(message.find(path.string()), std::string::npos) << message;
   EXPECT_NE(message.find("\"transformer_blocks.0.attn.to_q\" changes a [6, 4] weight"),
@@ -362,7 +366,7 @@ TEST(LoraArgument, InvalidTextIsNamed) {
        {"", ":0.5", "a.safetensors:", "a.safetensors:abc", "a.safetensors:0.5x",
         "a.safetensors:nan", "a.safetensors:inf", "a.safetensors:1e400", "dir:x/a.safetensors"}) {
     SCOPED_TRACE(text);
-    const std::string message = invalid_input_message([&] { parse_lora_argument(text); });
+    const std::string message = error_message([&] { parse_lora_argument(text); });
     EXPECT_NE(message.find("invalid LoRA argument \"" + text + "\""), std::string::npos) << message;
     EXPECT_NE(message.find("FILE:SCALE"), std::string::npos) << message;
   }

@@ -1,14 +1,10 @@
 // Helpers shared by the LoRA tests: seeded factors, writers of LoRA files in the published key
-// layouts, double-precision references of the update, and error-message capture.
+// layouts, and double-precision references of the update.
 #pragma once
-
-#include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <functional>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,26 +12,10 @@
 #include "io/safetensors_writer.h"
 #include "models/lora/lora.h"
 #include "runtime/dtype.h"
-#include "runtime/error.h"
 #include "runtime/tensor.h"
+#include "support/inputs.h"
 
 namespace ethereal::lora_testing {
-
-// Uniform values in [-1, 1) from a fixed seed.
-inline std::vector<float> random_values(std::size_t count, std::uint32_t seed) {
-  std::mt19937 generator(seed);
-  std::uniform_real_distribution<float> distribution(-1.0f, 1.0f);
-  std::vector<float> values(count);
-  for (float& value : values) {
-    value = distribution(generator);
-  }
-  return values;
-}
-
-inline Tensor random_tensor(const Shape& shape, std::uint32_t seed, DType dtype = DType::f32) {
-  return Tensor::from_floats(random_values(static_cast<std::size_t>(shape_numel(shape)), seed),
-                             shape, dtype);
-}
 
 // Key spellings of one layout: "<prefix><module><down_suffix>" and so on.
 struct KeyLayout {
@@ -71,8 +51,8 @@ struct ModuleFactors {
 inline ModuleFactors random_module(const std::string& module, std::int64_t out, std::int64_t in,
                                    std::int64_t rank, std::uint32_t seed, float alpha,
                                    DType dtype = DType::f32) {
-  return {module, random_tensor({rank, in}, seed, dtype),
-          random_tensor({out, rank}, seed + 1, dtype), alpha};
+  return {module, test_support::uniform_tensor({rank, in}, dtype, seed),
+          test_support::uniform_tensor({out, rank}, dtype, seed + 1), alpha};
 }
 
 // Writes `modules` in `layout`; alpha is stored as a 0-dimensional f32 tensor.
@@ -154,16 +134,6 @@ inline UpdateReference reference_update(const std::vector<float>& x, std::int64_
     }
   }
   return reference;
-}
-
-// The message of the InvalidInputError that `action` throws, or "" when it throws none.
-inline std::string invalid_input_message(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  return "";
 }
 
 }  // namespace ethereal::lora_testing

@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "manager/manager_test_support.h"
@@ -55,16 +58,41 @@ memory::HardwareAssessment machine_with_limit(std::uint64_t capacity) {
   return hardware;
 }
 
+memory::LoadStrategy strategy_named(const std::string& name, bool reduced) {
+  const memory::LoadStrategy strategy = memory::parse_strategy(name);
+  return reduced ? memory::with_reduced_working_memory(strategy) : strategy;
+}
+
 // Allocated peak of an unlimited plan of `strategy` for the small request, with reduced working
-// memory when asked: by the capacity tests, the strategy fits in this many bytes.
+// memory when asked.
 std::uint64_t allocated_peak(const std::string& strategy, bool reduced = false) {
   const memory::Planner planner(tiny_model(), PipelineLoadOptions{});
-  memory::LoadStrategy parsed = memory::parse_strategy(strategy);
-  if (reduced) {
-    parsed = memory::with_reduced_working_memory(parsed);
-  }
-  return planner.plan(parsed, small_plan_request(kWidth, kHeight), unlimited_budget())
+  return planner
+      .plan(strategy_named(strategy, reduced), small_plan_request(kWidth, kHeight),
+            unlimited_budget())
       .peak_allocated_bytes;
+}
+
+// A capacity at which the plan of `strategy` for the small request fits, and so (by the
+// PlanCapacity tests) the real run too. It starts at the allocated peak and adds the shortfall
+// of each refused allocation until the plan fits: the capped run that decides a fit can need
+// slightly more than the uncapped allocated peak.
+std::uint64_t fitting_capacity(const std::string& strategy, bool reduced = false) {
+  const memory::Planner planner(tiny_model(), PipelineLoadOptions{});
+  const memory::LoadStrategy parsed = strategy_named(strategy, reduced);
+  std::uint64_t capacity = allocated_peak(strategy, reduced);
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const memory::TierBudget budget{
+        .device_bytes = capacity, .host_bytes = capacity, .device_is_host = true};
+    const memory::StrategyPlan plan =
+        planner.plan(parsed, small_plan_request(kWidth, kHeight), budget);
+    if (plan.fits) {
+      return capacity;
+    }
+    capacity += plan.shortfall_bytes;
+  }
+  ADD_FAILURE() << "no capacity found at which " << parsed.name << " fits";
+  return capacity;
 }
 
 // The image of a direct load and run with `strategy` and `memory`, on a fresh unlimited
@@ -107,8 +135,8 @@ std::vector<std::string> attempt_lines(const std::vector<memory::Attempt>& attem
 // memory. fp16_full, tried first on request, starts with reduced working memory (its closer
 // plan), runs out, and the manager falls back to cpu_offload.
 TEST(ManagerRecovery, FallsBackWhenPlanMisses) {
-  const std::uint64_t capacity = allocated_peak("cpu_offload", /*reduced=*/true);
-  ASSERT_LT(capacity, allocated_peak("fp16_full", /*reduced=*/true));
+  const std::uint64_t capacity = fitting_capacity("cpu_offload", /*reduced=*/true);
+  ASSERT_LT(capacity, fitting_capacity("fp16_full", /*reduced=*/true));
   CpuCachingAllocator allocator({.capacity = capacity});
   const ScopedAllocator scope(allocator);
   memory::EventLog events;
@@ -140,7 +168,7 @@ TEST(ManagerRecovery, FallsBackWhenPlanMisses) {
 // working memory: each strategy runs out, is retried with less working memory, and fp16_full
 // then falls back.
 TEST(ManagerRecovery, RetriesThenFallsBack) {
-  const std::uint64_t capacity = allocated_peak("cpu_offload", /*reduced=*/true);
+  const std::uint64_t capacity = fitting_capacity("cpu_offload", /*reduced=*/true);
   CpuCachingAllocator allocator({.capacity = capacity});
   const ScopedAllocator scope(allocator);
   memory::EventLog events;
@@ -168,6 +196,64 @@ TEST(ManagerRecovery, RetriesThenFallsBack) {
       memory::working_memory_options(memory::with_reduced_working_memory(cpu_offload), {});
   EXPECT_TRUE(result.result.image == direct_run(cpu_offload, reduced))
       << "the image differs from a direct cpu_offload run with reduced working memory";
+}
+
+// Every edit attempt runs out of memory during denoising, each time at another allocation, and
+// some of those are block loads on sequential_offload's worker. So the manager retries, falls
+// back through every strategy, lowers the resolution and does it all again before it gives up,
+// and nothing may be left allocated.
+TEST(ManagerRecovery, ExhaustsEveryStrategyAtEverySize) {
+  CpuCachingAllocator allocator;
+  const ScopedAllocator scope(allocator);
+  memory::EventLog events;
+  memory::MemoryConfig config = test_config();
+  config.allow_resolution_reduction = true;
+  memory::MemoryManager manager(config, machine_with_limit(64ull << 30), &events);
+  manager.configure(0, 0, 0);
+  memory::ManagedEditRequest request = small_edit_request();
+  request.edit.output_size = ImageSize{512, 512};
+  request.edit.reference_pixels = 512.0 * 512.0;
+  int faults = 0;
+  const auto fail_in_denoising = [&](const EditProgress& progress) {
+    if (progress.stage == "vae_encode") {
+      // Within the first 150 allocations after the VAE encode: the denoising stage makes more.
+      allocator.fail_allocation_after(1 + (faults++ * 37) % 150);
+    }
+  };
+
+  std::vector<memory::Attempt> attempts;
+  try {
+    manager.edit(tiny_model(), request, PipelineLoadOptions{},
+                 manager.candidates({"fp16_full", "cpu_offload", "sequential_offload"}),
+                 fail_in_denoising);
+    ADD_FAILURE() << "an edit succeeded although every attempt had a fault";
+  } catch (const memory::MemoryExhaustedError& error) {
+    attempts = error.attempts();
+  }
+  allocator.fail_allocation_after(0);
+
+  std::vector<std::string> expected;
+  for (int size = 0; size < 2; ++size) {
+    for (const std::string name : {"fp16_full", "cpu_offload", "sequential_offload"}) {
+      expected.push_back(name + " load success");
+      expected.push_back(name + " edit out_of_memory");
+      expected.push_back(name + " edit out_of_memory reduced");
+    }
+  }
+  EXPECT_EQ(attempt_lines(attempts), expected);
+  EXPECT_EQ(faults, 12);
+  EXPECT_EQ(allocator.stats().oom_count, 12);
+  std::vector<std::string> reductions;
+  for (const memory::Event& event : events.events()) {
+    if (event.type == memory::EventType::resolution_reduction) {
+      reductions.push_back(std::to_string(event.fields.at("from_width").get<int>()) + " -> " +
+                           std::to_string(event.fields.at("to_width").get<int>()));
+    }
+  }
+  EXPECT_EQ(reductions, (std::vector<std::string>{"512 -> 352"}));
+  EXPECT_EQ(allocator.stats().allocated_bytes.current, 0) << "live blocks left behind";
+  allocator.empty_cache();
+  EXPECT_EQ(allocator.stats().reserved_bytes.current, 0);
 }
 
 // The plans see a roomy machine, but the allocator has less (another consumer took the rest):
@@ -267,6 +353,10 @@ TEST(ManagerThresholds, TriggerSwitchesBeforeOutOfMemory) {
             (std::vector<std::string>{"threshold fallback_trigger",
                                       "fallback fp16_full -> fp8_optimized"}));
   EXPECT_EQ(allocator.stats().oom_count, 0);
+
+  const memory::LoadStrategy fp8 = memory::parse_strategy("fp8_optimized");
+  EXPECT_TRUE(result.result.image == direct_run(fp8, memory::working_memory_options(fp8, {})))
+      << "the image differs from a direct fp8_optimized run";
 }
 
 // Persistent pressure: the trigger exceeds the allocator's whole capacity, so free memory is
@@ -346,7 +436,7 @@ TEST(ManagerThresholds, CachedBlocksCountAsFree) {
 TEST(ManagerAdaptive, SkipsStrategyThatRanOutOfMemory) {
   TemporaryDirectory folder;
   memory::HistoryStore history = memory::HistoryStore::open(folder / "history.sqlite");
-  const std::uint64_t capacity = allocated_peak("cpu_offload", /*reduced=*/true);
+  const std::uint64_t capacity = fitting_capacity("cpu_offload", /*reduced=*/true);
   memory::MemoryConfig config = test_config();
   config.mode = memory::Mode::adaptive;
   config.oom_retry_attempts = 0;
@@ -393,40 +483,169 @@ TEST(ManagerAdaptive, SkipsStrategyThatRanOutOfMemory) {
   EXPECT_EQ(std::count(ranked.begin(), ranked.end(), "fp16_full"), 1);
 }
 
-// The manager samples memory during the load and the edit but not while it plans: a plan's
-// dry-run allocator is installed process-wide, and a sampler reading it could outlive it.
-TEST(ManagerSampling, PausesWhilePlanning) {
-  CpuCachingAllocator allocator;
-  const ScopedAllocator scope(allocator);
-  memory::MemoryProfiler profiler(Device::cpu());
-  std::atomic<int> samples_of_dry_runs = 0;
-  profiler.on_snapshot([&](const memory::MemorySnapshot&) {
-    if (current_allocator(Device::cpu()).dry_run()) {
-      ++samples_of_dry_runs;
+// An allocator that sleeps once, in the first allocation after stall_next(), and passes every
+// call to `inner`: a stand-in for a host that swaps when memory runs short.
+class StallingAllocator final : public Allocator {
+ public:
+  explicit StallingAllocator(CpuCachingAllocator& inner) : inner_(inner) {}
+
+  void stall_next(std::chrono::milliseconds duration) { stall_ms_ = duration.count(); }
+
+  Allocation allocate(std::size_t bytes) override {
+    if (const std::int64_t ms = stall_ms_.exchange(0); ms > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     }
-  });
-  memory::MemoryConfig config = test_config();
-  config.sampling_interval_ms = 1;
-  memory::MemoryManager manager(config, machine_with_limit(64ull << 30), nullptr, nullptr,
-                                &profiler);
-  manager.configure(0, 0, 0);
-
-  const memory::ManagedEditResult result =
-      manager.edit(tiny_model(), small_edit_request(), PipelineLoadOptions{}, manager.candidates());
-
-  EXPECT_EQ(samples_of_dry_runs.load(), 0);
-  EXPECT_FALSE(profiler.sampling());
-  ASSERT_GE(result.samples.size(), 2u);
-  const bool saw_weights =
-      std::any_of(result.samples.begin(), result.samples.end(),
-                  [](const memory::MemorySnapshot& s) { return s.device_allocated_bytes > 0; });
-  EXPECT_TRUE(saw_weights);
-  std::vector<std::string> marks;
-  for (const memory::StageMark& mark : result.marks) {
-    marks.push_back(mark.name);
+    return inner_.allocate(bytes);
   }
-  EXPECT_NE(std::find(marks.begin(), marks.end(), "denoising step 1"), marks.end());
-  EXPECT_NE(std::find(marks.begin(), marks.end(), "vae_decode"), marks.end());
+  void deallocate(const Allocation& allocation) noexcept override { inner_.deallocate(allocation); }
+  Device device() const override { return inner_.device(); }
+  bool dry_run() const override { return inner_.dry_run(); }
+  AllocatorStats stats() const override { return inner_.stats(); }
+  void reset_peaks() override { inner_.reset_peaks(); }
+  std::size_t capacity() const override { return inner_.capacity(); }
+  void set_capacity(std::size_t bytes) override { inner_.set_capacity(bytes); }
+  void empty_cache() override { inner_.empty_cache(); }
+  void fail_allocation_after(std::int64_t k) override { inner_.fail_allocation_after(k); }
+
+ private:
+  CpuCachingAllocator& inner_;
+  std::atomic<std::int64_t> stall_ms_ = 0;
+};
+
+struct SlowStepRun {
+  memory::ManagedEditResult result;
+  memory::HardwareAssessment hardware;
+  // Seconds of the stalled third step and the longer of the two before it.
+  double stalled_step_s = 0.0;
+  double longest_earlier_step_s = 0.0;
+};
+
+// A 64x64 edit with a 256x256 reference in four steps, fp16_full first and cpu_offload after
+// it. The third step of the first attempt stalls for ten times the longer of the two steps
+// before it, so it is at least four times their median whatever the host's load.
+// `critical_bytes` is the critical threshold: 1 byte puts memory near capacity at every step
+// boundary, and 0 turns the threshold off.
+SlowStepRun edit_with_slow_third_step(memory::Mode mode, std::uint64_t critical_bytes,
+                                      memory::HistoryStore* history) {
+  CpuCachingAllocator inner;
+  StallingAllocator allocator(inner);
+  const ScopedAllocator scope(allocator);
+  memory::MemoryConfig config = test_config();
+  config.mode = mode;
+  SlowStepRun run;
+  run.hardware = machine_with_limit(64ull << 30);
+  memory::MemoryManager manager(config, run.hardware, nullptr, history);
+  manager.configure(0, critical_bytes, 0);
+  memory::ManagedEditRequest request = small_edit_request();
+  request.edit.output_size = ImageSize{64, 64};
+  request.edit.reference_pixels = 256.0 * 256.0;  // the smallest accepted, for speed
+  request.edit.steps = 4;
+
+  bool first_attempt = true;
+  const auto stall_third_step = [&](const EditProgress& progress) {
+    if (!first_attempt || progress.stage != "denoising") {
+      return;
+    }
+    if (progress.step <= 2) {
+      run.longest_earlier_step_s = std::max(run.longest_earlier_step_s, progress.seconds);
+    }
+    if (progress.step == 2) {
+      allocator.stall_next(std::chrono::milliseconds(
+          static_cast<std::int64_t>(std::ceil(10'000 * run.longest_earlier_step_s)) + 10));
+    } else if (progress.step == 3) {
+      run.stalled_step_s = progress.seconds;
+      first_attempt = false;
+    }
+  };
+  run.result = manager.edit(tiny_model(), request, PipelineLoadOptions{},
+                            manager.candidates({"fp16_full", "cpu_offload"}), stall_third_step);
+  return run;
+}
+
+// In adaptive mode a step several times slower than the earlier ones, with memory near
+// capacity, is a soft out-of-memory. The manager leaves the strategy for a leaner one and
+// records the failure, so the next adaptive run skips the strategy.
+TEST(ManagerAdaptive, SoftOutOfMemorySwitchesAndIsRemembered) {
+  TemporaryDirectory folder;
+  memory::HistoryStore history = memory::HistoryStore::open(folder / "history.sqlite");
+
+  const SlowStepRun run = edit_with_slow_third_step(memory::Mode::adaptive, 1, &history);
+
+  ASSERT_GT(run.stalled_step_s, 4 * run.longest_earlier_step_s) << "the third step did not stall";
+  EXPECT_EQ(run.result.strategy.name, "cpu_offload");
+  EXPECT_EQ(attempt_lines(run.result.attempts),
+            (std::vector<std::string>{"fp16_full load success", "fp16_full edit soft_out_of_memory",
+                                      "cpu_offload load success", "cpu_offload edit success"}));
+  const memory::WorkloadKey fp16_key{run.hardware.fingerprint, "tiny", memory::size_bucket(64, 64),
+                                     "fp16_full"};
+  EXPECT_TRUE(history.failed_with_oom(fp16_key));
+
+  memory::MemoryConfig config = test_config();
+  config.mode = memory::Mode::adaptive;
+  const memory::MemoryManager next(config, run.hardware, nullptr, &history);
+  const std::vector<std::string> ranked =
+      next.get_recommended_strategy(run.result.plans, "tiny", {64, 64});
+  EXPECT_EQ(std::count(ranked.begin(), ranked.end(), "fp16_full"), 0);
+}
+
+// The same stall without memory pressure, or outside adaptive mode, is only a slow step.
+TEST(ManagerAdaptive, SlowStepAloneKeepsStrategy) {
+  for (const auto& [mode, critical_bytes] :
+       {std::pair{memory::Mode::adaptive, std::uint64_t{0}},
+        std::pair{memory::Mode::performance, std::uint64_t{1}}}) {
+    SCOPED_TRACE(critical_bytes == 0 ? "adaptive without pressure" : "performance under pressure");
+    const SlowStepRun run = edit_with_slow_third_step(mode, critical_bytes, nullptr);
+
+    ASSERT_GT(run.stalled_step_s, 4 * run.longest_earlier_step_s) << "the third step did not stall";
+    EXPECT_EQ(run.result.strategy.name, "fp16_full");
+    EXPECT_EQ(attempt_lines(run.result.attempts),
+              (std::vector<std::string>{"fp16_full load success", "fp16_full edit success"}));
+  }
+}
+
+// The manager samples memory during the load and the edit but not while it plans, nor while it
+// loads an offloaded placement, whose file checks are dry runs too: a dry-run allocator is
+// installed process-wide, and a sampler reading it could outlive it. fp16_full loads resident,
+// cpu_offload and sequential_offload run those checks.
+TEST(ManagerSampling, PausesWhilePlanningAndCheckingFiles) {
+  for (const std::string first : {"fp16_full", "cpu_offload", "sequential_offload"}) {
+    SCOPED_TRACE(first);
+    CpuCachingAllocator allocator;
+    const ScopedAllocator scope(allocator);
+    memory::MemoryProfiler profiler(Device::cpu());
+    std::atomic<int> samples_of_dry_runs = 0;
+    profiler.on_snapshot([&](const memory::MemorySnapshot&) {
+      if (current_allocator(Device::cpu()).dry_run()) {
+        ++samples_of_dry_runs;
+      }
+    });
+    memory::MemoryConfig config = test_config();
+    config.sampling_interval_ms = 1;
+    memory::MemoryManager manager(config, machine_with_limit(64ull << 30), nullptr, nullptr,
+                                  &profiler);
+    manager.configure(0, 0, 0);
+    manager.set_first_strategy(first);
+    memory::ManagedEditRequest request = small_edit_request();
+    request.edit.reference_pixels = 256.0 * 256.0;  // the smallest accepted, for speed
+
+    const memory::ManagedEditResult result =
+        manager.edit(tiny_model(), request, PipelineLoadOptions{}, manager.candidates());
+
+    EXPECT_EQ(result.strategy.name, first);
+    EXPECT_EQ(samples_of_dry_runs.load(), 0);
+    EXPECT_FALSE(profiler.sampling());
+    ASSERT_GE(result.samples.size(), 2u);
+    const bool saw_weights =
+        std::any_of(result.samples.begin(), result.samples.end(),
+                    [](const memory::MemorySnapshot& s) { return s.device_allocated_bytes > 0; });
+    EXPECT_TRUE(saw_weights);
+    std::vector<std::string> marks;
+    for (const memory::StageMark& mark : result.marks) {
+      marks.push_back(mark.name);
+    }
+    EXPECT_NE(std::find(marks.begin(), marks.end(), "denoising step 1"), marks.end());
+    EXPECT_NE(std::find(marks.begin(), marks.end(), "vae_decode"), marks.end());
+  }
 }
 
 }  // namespace

@@ -1,41 +1,20 @@
 // Helpers shared by the memory tests.
 #pragma once
 
-#include <gtest/gtest.h>
 #include <stdlib.h>
 
 #include <cstdlib>
-#include <filesystem>
 #include <optional>
-#include <stdexcept>
 #include <string>
+#include <utility>
+
+#include "support/errors.h"
+#include "support/files.h"
 
 namespace ethereal::memory::testing {
 
-// A fresh directory under ::testing::TempDir(), removed with its contents at scope exit.
-class TemporaryDirectory {
- public:
-  TemporaryDirectory() {
-    std::string pattern =
-        (std::filesystem::path(::testing::TempDir()) / "ethereal-memory-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed for " + pattern);
-    }
-    path_ = pattern;
-  }
-  ~TemporaryDirectory() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TemporaryDirectory(const TemporaryDirectory&) = delete;
-  TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
-
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
+using test_support::error_message;
+using test_support::TemporaryDirectory;
 
 // Sets an environment variable for the lifetime of the object and restores the old value.
 class ScopedEnvironment {
@@ -60,18 +39,5 @@ class ScopedEnvironment {
   std::string name_;
   std::optional<std::string> old_value_;
 };
-
-// The message of the exception of type E that `action` throws; fails the test when it throws
-// nothing or something else.
-template <typename E, typename F>
-std::string error_message(F&& action) {
-  try {
-    action();
-  } catch (const E& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an exception";
-  return {};
-}
 
 }  // namespace ethereal::memory::testing

@@ -83,7 +83,7 @@ TEST(EventLog, JsonlLineLeadsWithTimeAndType) {
 }
 
 TEST(EventLog, JsonlFileHasOneCompleteLinePerEvent) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "run.events.jsonl";
   EventLog log;
   log.record(EventType::plan, {{"strategy", "nf4_quantized"}});  // before the sink opens
@@ -106,7 +106,7 @@ TEST(EventLog, JsonlFileHasOneCompleteLinePerEvent) {
   }
   log.close_jsonl();
 
-  const std::string text = read_text_file(path);
+  const std::string text = read_file(path);
   ASSERT_FALSE(text.empty());
   EXPECT_EQ(text.back(), '\n');
   const std::vector<std::string> lines = split_lines(text);
@@ -128,7 +128,7 @@ TEST(EventLog, JsonlFileHasOneCompleteLinePerEvent) {
 }
 
 TEST(EventLog, KilledProcessLeavesCompleteLines) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "killed.events.jsonl";
   constexpr int kEvents = 300;
   const pid_t child = ::fork();
@@ -147,7 +147,7 @@ TEST(EventLog, KilledProcessLeavesCompleteLines) {
   ASSERT_TRUE(WIFSIGNALED(status));
   EXPECT_EQ(WTERMSIG(status), SIGKILL);
 
-  const std::vector<std::string> lines = split_lines(read_text_file(path));
+  const std::vector<std::string> lines = split_lines(read_file(path));
   ASSERT_EQ(lines.size(), static_cast<std::size_t>(kEvents));
   for (int i = 0; i < kEvents; ++i) {
     const nlohmann::json parsed = nlohmann::json::parse(lines[i]);
@@ -157,7 +157,7 @@ TEST(EventLog, KilledProcessLeavesCompleteLines) {
 }
 
 TEST(EventLog, OpenInMissingDirectoryNamesFile) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "missing" / "run.events.jsonl";
   EventLog log;
   try {

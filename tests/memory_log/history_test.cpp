@@ -77,7 +77,7 @@ void expect_invalid_input_naming(const std::filesystem::path& path, const std::s
 }
 
 TEST(HistoryStore, RecordsAndReadsBackEveryField) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   HistoryStore store = HistoryStore::open(dir / "sub" / "history.sqlite");
   const RunRecord run = make_run("fp8_optimized", RunOutcome::success, 2.5);
   const std::int64_t id = store.record(run);
@@ -103,7 +103,7 @@ TEST(HistoryStore, RecordsAndReadsBackEveryField) {
 }
 
 TEST(HistoryStore, RunsAreNewestFirstWithFilterAndLimit) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   HistoryStore store = HistoryStore::open(dir / "history.sqlite");
   store.record(make_run("fp16_full", RunOutcome::out_of_memory, 0.0, "2026-02-01T00:00:00Z"));
   store.record(make_run("fp8_optimized", RunOutcome::success, 2.0, "2026-02-03T00:00:00Z"));
@@ -131,7 +131,7 @@ TEST(HistoryStore, RunsAreNewestFirstWithFilterAndLimit) {
 }
 
 TEST(HistoryStore, TimestampsAreStoredInUtc) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   HistoryStore store = HistoryStore::open(dir / "history.sqlite");
   store.record(make_run("fp16_full", RunOutcome::success, 1.0, "2026-01-23T12:00:00+02:00"));
   EXPECT_EQ(store.runs()[0].timestamp_utc, "2026-01-23T10:00:00Z");
@@ -144,7 +144,7 @@ TEST(HistoryStore, TimestampsAreStoredInUtc) {
 }
 
 TEST(HistoryStore, StatsPerStrategy) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   HistoryStore store = HistoryStore::open(dir / "history.sqlite");
   store.record(make_run("fp8_optimized", RunOutcome::success, 2.0));
   store.record(make_run("fp8_optimized", RunOutcome::success, 4.0));
@@ -185,7 +185,7 @@ TEST(HistoryStore, StatsPerStrategy) {
 }
 
 TEST(HistoryStore, MedianStepTimeOverSuccessesOfOneWorkload) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   HistoryStore store = HistoryStore::open(dir / "history.sqlite");
   store.record(make_run("nf4_quantized", RunOutcome::success, 5.0));
   store.record(make_run("nf4_quantized", RunOutcome::success, 1.0));
@@ -202,7 +202,7 @@ TEST(HistoryStore, MedianStepTimeOverSuccessesOfOneWorkload) {
 }
 
 TEST(HistoryStore, FailedWithOomWithinMaxAge) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   HistoryStore store = HistoryStore::open(dir / "history.sqlite");
   store.record(make_run("fp16_full", RunOutcome::out_of_memory, 0.0, "2026-02-20T00:00:00Z"));
   store.record(make_run("fp8_optimized", RunOutcome::success, 2.0, "2026-02-20T00:00:00Z"));
@@ -222,7 +222,7 @@ TEST(HistoryStore, FailedWithOomWithinMaxAge) {
 }
 
 TEST(HistoryStore, PruneDeletesOldRecords) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   HistoryStore store = HistoryStore::open(dir / "history.sqlite");
   store.record(make_run("fp16_full", RunOutcome::out_of_memory, 0.0, "2025-12-01T00:00:00Z"));
   store.record(make_run("fp16_full", RunOutcome::success, 1.0, "2026-01-15T00:00:00Z"));
@@ -238,7 +238,7 @@ TEST(HistoryStore, PruneDeletesOldRecords) {
 }
 
 TEST(HistoryStore, RejectsInvalidRecords) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   HistoryStore store = HistoryStore::open(dir / "history.sqlite");
   RunRecord run = make_run("fp16_full", RunOutcome::success, 1.0);
 
@@ -261,7 +261,7 @@ TEST(HistoryStore, RejectsInvalidRecords) {
 }
 
 TEST(HistoryStore, UsesWalMode) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "history.sqlite";
   {
     HistoryStore store = HistoryStore::open(path);
@@ -280,7 +280,7 @@ TEST(HistoryStore, UsesWalMode) {
 }
 
 TEST(HistoryStore, RecordSurvivesKilledProcess) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "history.sqlite";
   HistoryStore::open(path);  // the schema exists before the child starts
 
@@ -308,7 +308,7 @@ TEST(HistoryStore, RecordSurvivesKilledProcess) {
 }
 
 TEST(HistoryStore, TwoConnectionsShareOneFile) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "history.sqlite";
   HistoryStore first = HistoryStore::open(path);
   HistoryStore second = HistoryStore::open(path);
@@ -319,7 +319,7 @@ TEST(HistoryStore, TwoConnectionsShareOneFile) {
 }
 
 TEST(HistoryStore, NewerSchemaIsRejected) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "history.sqlite";
   HistoryStore::open(path).record(make_run("fp16_full", RunOutcome::success, 1.0));
   set_user_version(path, memory::kHistorySchemaVersion + 98);
@@ -327,7 +327,7 @@ TEST(HistoryStore, NewerSchemaIsRejected) {
 }
 
 TEST(HistoryStore, CorruptFileIsRejected) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "history.sqlite";
   {
     std::ofstream out(path, std::ios::binary);
@@ -339,7 +339,7 @@ TEST(HistoryStore, CorruptFileIsRejected) {
 }
 
 TEST(HistoryStore, ForeignDatabaseIsRejected) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "other.sqlite";
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
@@ -350,7 +350,7 @@ TEST(HistoryStore, ForeignDatabaseIsRejected) {
 }
 
 TEST(HistoryStore, DirectoryPathIsRejected) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   expect_invalid_input_naming(dir.path(), "is a directory");
 }
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -107,7 +108,7 @@ TEST(RunLogMarkdown, EditEntryNamesEditAndEmptyLists) {
 }
 
 TEST(AppendRunLog, CreatesDirectoryAndAppends) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto log_dir = dir / "nested" / "logs";
   RunLogEntry first = sample_load_entry();
   RunLogEntry second = sample_load_entry();
@@ -118,7 +119,7 @@ TEST(AppendRunLog, CreatesDirectoryAndAppends) {
   EXPECT_EQ(path, log_dir / "memory_log.md");
   memory::append_run_log(log_dir, second);
 
-  const std::string text = read_text_file(path);
+  const std::string text = read_file(path);
   std::size_t headings = 0;
   for (std::size_t at = text.find("## Memory Management Log Entry"); at != std::string::npos;
        at = text.find("## Memory Management Log Entry", at + 1)) {
@@ -129,7 +130,7 @@ TEST(AppendRunLog, CreatesDirectoryAndAppends) {
 }
 
 TEST(AppendRunLog, UnwritableDirectoryNamesIt) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto blocker = dir / "file";
   { std::ofstream(blocker) << "not a directory"; }
   try {
@@ -141,7 +142,7 @@ TEST(AppendRunLog, UnwritableDirectoryNamesIt) {
 }
 
 TEST(RunLogWriter, OwnsRunFiles) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto log_dir = dir / "logs";
   memory::RunLogWriter writer(log_dir, "run-1");
   EXPECT_EQ(writer.events_path(), log_dir / "run-1.events.jsonl");
@@ -150,28 +151,28 @@ TEST(RunLogWriter, OwnsRunFiles) {
 
   writer.events().record(memory::EventType::load, {{"strategy", "fp16_full"}});
   writer.events().record(memory::EventType::stage_peak, {{"stage", "denoising"}});
-  const std::vector<std::string> lines = split_lines(read_text_file(writer.events_path()));
+  const std::vector<std::string> lines = split_lines(read_file(writer.events_path()));
   ASSERT_EQ(lines.size(), 2u);
   EXPECT_EQ(nlohmann::json::parse(lines[1])["stage"], "denoising");
 
   const std::vector<memory::TimelineMark> marks = memory::timeline_marks(writer.events().events());
   writer.write_timeline({{0.0, kMiB, 2 * kMiB, 3 * kMiB}, {1.0, 2 * kMiB, 2 * kMiB, 4 * kMiB}},
                         marks, std::nullopt, "run-1");
-  EXPECT_TRUE(contains(read_text_file(writer.timeline_path()), "stage_peak: denoising"));
+  EXPECT_TRUE(contains(read_file(writer.timeline_path()), "stage_peak: denoising"));
 
   writer.append_entry(sample_load_entry());
-  EXPECT_TRUE(contains(read_text_file(writer.markdown_path()), "## Memory Management Log Entry"));
+  EXPECT_TRUE(contains(read_file(writer.markdown_path()), "## Memory Management Log Entry"));
 }
 
 TEST(RunLogWriter, RejectsRunIdsThatLeaveDirectory) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   for (const std::string run_id : {"", "../escape", ".hidden", "a/b", "with space"}) {
     EXPECT_THROW(memory::RunLogWriter(dir.path(), run_id), InvalidInputError) << run_id;
   }
 }
 
 TEST(RunLogWriter, NewRunIdsAreUniqueAndValid) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const std::string first = memory::new_run_id();
   const std::string second = memory::new_run_id();
   EXPECT_NE(first, second);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -326,11 +327,11 @@ TEST(TimelineSvg, ManySamplesKeepThePeak) {
 }
 
 TEST(WriteTimelineSvg, ReplacesFileWithoutLeftovers) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "run.timeline.svg";
   { std::ofstream(path) << "old"; }
   memory::write_timeline_svg(path, ramp_samples(3, 1.0, kGiB), {{0.5, "mid"}}, kGiB, "run");
-  const std::string svg = read_text_file(path);
+  const std::string svg = read_file(path);
   EXPECT_EQ(svg.rfind("<?xml", 0), 0u);
   XmlChecker(svg).parse();
   std::size_t files = 0;
@@ -341,7 +342,7 @@ TEST(WriteTimelineSvg, ReplacesFileWithoutLeftovers) {
 }
 
 TEST(WriteTimelineSvg, MissingDirectoryNamesFile) {
-  const ScratchDirectory dir;
+  const TemporaryDirectory dir;
   const auto path = dir / "missing" / "run.timeline.svg";
   try {
     memory::write_timeline_svg(path, {}, {}, std::nullopt, "run");

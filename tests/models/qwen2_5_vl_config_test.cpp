@@ -12,13 +12,15 @@
 #include "models/qwen2_5_vl/image_processor.h"
 #include "models/qwen2_5_vl/tensor_names.h"
 #include "qwen2_5_vl_test_support.h"
+#include "support/errors.h"
+#include "support/files.h"
 
 namespace ethereal {
 namespace {
 
-using qwen2_5_vl_test::invalid_input_message;
-using qwen2_5_vl_test::TemporaryDirectory;
 using qwen2_5_vl_test::tiny_text_encoder_dir;
+using test_support::error_message;
+using test_support::TemporaryDirectory;
 
 nlohmann::json tiny_json() {
   return read_qwen25vl_json(tiny_text_encoder_dir() / "config.json", "test config");
@@ -201,7 +203,7 @@ TEST(Qwen25VlConfigTest, RejectsInvalidConfigs) {
     nlohmann::json document = tiny_json();
     test_case.edit(document);
     const std::string message =
-        invalid_input_message([&] { Qwen25VlConfig::from_json(document, "bad.json"); });
+        error_message([&] { Qwen25VlConfig::from_json(document, "bad.json"); });
     ASSERT_FALSE(message.empty()) << "no error";
     for (const std::string& fragment : test_case.expected_fragments) {
       EXPECT_NE(message.find(fragment), std::string::npos) << message;
@@ -213,20 +215,20 @@ TEST(Qwen25VlConfigTest, NestedErrorsNameTextConfigKey) {
   nlohmann::json document = nested_tiny_json();
   document["text_config"]["num_hidden_layers"] = 2.5;
   const std::string message =
-      invalid_input_message([&] { Qwen25VlConfig::from_json(document, "nested.json"); });
+      error_message([&] { Qwen25VlConfig::from_json(document, "nested.json"); });
   EXPECT_NE(message.find("\"text_config.num_hidden_layers\" must be an integer"), std::string::npos)
       << message;
 }
 
 TEST(Qwen25VlConfigTest, RejectsUnreadableFiles) {
   TemporaryDirectory directory;
-  EXPECT_NE(invalid_input_message([&] {
+  EXPECT_NE(error_message([&] {
               Qwen25VlConfig::from_file(directory / "absent.json");
             }).find("cannot open"),
             std::string::npos);
   std::ofstream(directory / "broken.json") << "{\"hidden_size\": ";
   const std::string message =
-      invalid_input_message([&] { Qwen25VlConfig::from_file(directory / "broken.json"); });
+      error_message([&] { Qwen25VlConfig::from_file(directory / "broken.json"); });
   EXPECT_NE(message.find("broken.json"), std::string::npos) << message;
   EXPECT_NE(message.find("invalid JSON"), std::string::npos) << message;
 }
@@ -269,7 +271,7 @@ TEST(Qwen2VlImageProcessorConfigTest, RejectsInvalidValues) {
   };
   for (const auto& [text, fragment] : cases) {
     SCOPED_TRACE(text);
-    const std::string message = invalid_input_message(
+    const std::string message = error_message(
         [&] { Qwen2VlImageProcessorConfig::from_json(nlohmann::json::parse(text), "p.json"); });
     EXPECT_NE(message.find(fragment), std::string::npos) << message;
     EXPECT_NE(message.find("p.json"), std::string::npos) << message;
@@ -323,7 +325,7 @@ TEST(Qwen25VlTensorNamesTest, DetectsLayoutFromNames) {
     TemporaryDirectory directory;
     const SafetensorsCheckpoint checkpoint =
         write_names(directory, {"model.language_model.norm.weight", "visual.merger.ln_q.weight"});
-    const std::string message = invalid_input_message([&] { detect_qwen25vl_layout(checkpoint); });
+    const std::string message = error_message([&] { detect_qwen25vl_layout(checkpoint); });
     EXPECT_NE(message.find("mixes two Qwen2.5-VL naming layouts"), std::string::npos) << message;
     EXPECT_NE(message.find("model.language_model.norm.weight"), std::string::npos) << message;
     EXPECT_NE(message.find("visual.merger.ln_q.weight"), std::string::npos) << message;

@@ -13,6 +13,9 @@
 #include "models/qwen2_5_vl/text_encoder.h"
 #include "qwen2_5_vl_test_support.h"
 #include "runtime/allocator.h"
+#include "support/errors.h"
+#include "support/files.h"
+#include "support/tensor_compare.h"
 
 namespace ethereal {
 namespace {
@@ -20,12 +23,12 @@ namespace {
 using qwen2_5_vl_test::grids_of;
 using qwen2_5_vl_test::image_from_hwc;
 using qwen2_5_vl_test::int64_values;
-using qwen2_5_vl_test::invalid_input_message;
-using qwen2_5_vl_test::max_abs;
-using qwen2_5_vl_test::max_abs_diff;
-using qwen2_5_vl_test::TemporaryDirectory;
 using qwen2_5_vl_test::text_encoder_case;
 using qwen2_5_vl_test::tiny_text_encoder_dir;
+using test_support::error_message;
+using test_support::max_abs;
+using test_support::max_abs_diff;
+using test_support::TemporaryDirectory;
 
 // The reference is float32 on one thread; its own float32-versus-float64 gap is below 2.5e-6.
 constexpr float kF32Tolerance = 1e-4f;
@@ -190,7 +193,7 @@ TEST_F(Qwen25VlModelTest, ReportsMissingAndUnexpectedTensors) {
     write_safetensors(directory / "model.safetensors", tensors);
     const SafetensorsCheckpoint checkpoint =
         SafetensorsCheckpoint::open(directory / "model.safetensors");
-    const std::string message = invalid_input_message(
+    const std::string message = error_message(
         [&] { Qwen25VlTextEncoder::load(checkpoint, config, ModelPrecision::f32()); });
     EXPECT_NE(message.find(drop ? "\"visual.blocks.2.attn.qkv.bias\" is missing"
                                 : "\"visual.blocks.4.norm1.weight\""),
@@ -202,14 +205,14 @@ TEST_F(Qwen25VlModelTest, ReportsMissingAndUnexpectedTensors) {
 TEST_F(Qwen25VlModelTest, RejectsInputsThatDoNotFit) {
   const Qwen25VlTextEncoder encoder = load_tiny(ModelPrecision::f32());
   const std::vector<ImageGrid> image_grids = grids();
-  std::string message = invalid_input_message([&] {
+  std::string message = error_message([&] {
     encoder.encode_images(vision_->tensor("input.pixel_values").narrow(0, 0, 72), image_grids);
   });
   EXPECT_NE(message.find("need [76, 1176]"), std::string::npos) << message;
 
   const std::vector<std::int64_t> ids = input_ids();
   const Tensor positions = mrope_position_ids(ids, image_grids, encoder.config());
-  message = invalid_input_message([&] {
+  message = error_message([&] {
     encoder.forward(ids, language_->tensor("input.image_embeds").narrow(0, 0, 18), positions);
   });
   EXPECT_NE(message.find("19 image tokens (id 630)"), std::string::npos) << message;
@@ -217,7 +220,7 @@ TEST_F(Qwen25VlModelTest, RejectsInputsThatDoNotFit) {
 
   std::vector<std::int64_t> bad_ids = ids;
   bad_ids[3] = 640;
-  message = invalid_input_message(
+  message = error_message(
       [&] { encoder.forward(bad_ids, language_->tensor("input.image_embeds"), positions); });
   EXPECT_NE(message.find("token id 640 at position 3"), std::string::npos) << message;
 }

@@ -10,15 +10,16 @@
 #include "models/qwen2_5_vl/positions.h"
 #include "qwen2_5_vl_test_support.h"
 #include "runtime/allocator.h"
+#include "support/errors.h"
 
 namespace ethereal {
 namespace {
 
 using qwen2_5_vl_test::grids_of;
 using qwen2_5_vl_test::int64_values;
-using qwen2_5_vl_test::invalid_input_message;
 using qwen2_5_vl_test::text_encoder_case;
 using qwen2_5_vl_test::tiny_text_encoder_dir;
+using test_support::error_message;
 
 using Ids = std::vector<std::int64_t>;
 
@@ -95,7 +96,7 @@ TEST(Qwen25VlWindowTest, MatchesReferenceIntermediates) {
 TEST(Qwen25VlWindowTest, RejectsGridsNotMultipleOfMerge) {
   const std::vector<ImageGrid> grids = {{1, 4, 4}, {1, 5, 4}};
   const std::string message =
-      invalid_input_message([&] { vision_window_layout(grids, tiny_config().vision); });
+      error_message([&] { vision_window_layout(grids, tiny_config().vision); });
   EXPECT_NE(message.find("image grid 1 is (1, 5, 4)"), std::string::npos) << message;
   EXPECT_NE(message.find("spatial merge size 2"), std::string::npos) << message;
 }
@@ -159,7 +160,7 @@ TEST(Qwen25VlPositionIdsTest, RejectsPromptsThatDoNotMatchGrids) {
   };
   for (const auto& [action, fragment] : cases) {
     SCOPED_TRACE(fragment);
-    const std::string message = invalid_input_message(action);
+    const std::string message = error_message(action);
     EXPECT_NE(message.find(fragment), std::string::npos) << message;
   }
 }

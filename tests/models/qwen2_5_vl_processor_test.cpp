@@ -10,14 +10,16 @@
 #include "models/qwen2_5_vl/image_processor.h"
 #include "qwen2_5_vl_test_support.h"
 #include "runtime/allocator.h"
+#include "support/errors.h"
+#include "support/tensor_compare.h"
 
 namespace ethereal {
 namespace {
 
 using qwen2_5_vl_test::image_from_hwc;
-using qwen2_5_vl_test::invalid_input_message;
-using qwen2_5_vl_test::max_abs_diff;
 using qwen2_5_vl_test::text_encoder_case;
+using test_support::error_message;
+using test_support::max_abs_diff;
 
 // An image whose red channel is the row, green the column and blue their sum, so every value
 // identifies its source pixel.
@@ -132,12 +134,12 @@ TEST(Qwen2VlImageProcessorTest, NormalisesWithClipStatistics) {
 TEST(Qwen2VlImageProcessorTest, RejectsImagesThatCannotBePatched) {
   const Qwen2VlImageProcessorConfig config;
   std::string message =
-      invalid_input_message([&] { qwen2vl_patch_rows(coordinate_image(30, 28), config); });
+      error_message([&] { qwen2vl_patch_rows(coordinate_image(30, 28), config); });
   EXPECT_NE(message.find("30x28"), std::string::npos) << message;
   EXPECT_NE(message.find("multiples of 28"), std::string::npos) << message;
-  message = invalid_input_message([&] { process_qwen2vl_image(coordinate_image(20, 40), config); });
+  message = error_message([&] { process_qwen2vl_image(coordinate_image(20, 40), config); });
   EXPECT_NE(message.find("too small"), std::string::npos) << message;
-  message = invalid_input_message([&] { process_qwen2vl_image(Image(), config); });
+  message = error_message([&] { process_qwen2vl_image(Image(), config); });
   EXPECT_NE(message.find("empty"), std::string::npos) << message;
 }
 

@@ -4,11 +4,9 @@
 #include "models/reference_models.h"
 
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstdio>
@@ -23,6 +21,7 @@
 #include "pipeline/edit_pipeline.h"
 #include "runtime/allocator.h"
 #include "runtime/error.h"
+#include "support/files.h"
 
 namespace ethereal {
 namespace {
@@ -149,9 +148,7 @@ TEST(ReferenceModels, RejectsUnknownNames) {
 class SparseReferenceModelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = fs::path(::testing::TempDir()) / ("reference_model_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
+    root_ = test_support::create_temporary_directory("reference_model");
     sparse_ = supports_sparse_files(root_);
     if (sparse_) {
       const auto start = std::chrono::steady_clock::now();

@@ -17,15 +17,17 @@
 #include "models/qwen_image/transformer_tensor_names.h"
 #include "models/qwen_image/transformer_timestep.h"
 #include "models/transformer_test_support.h"
+#include "support/errors.h"
+#include "support/files.h"
 
 namespace ethereal {
 namespace {
 
+using test_support::error_message;
+using test_support::TemporaryDirectory;
 using ::testing::HasSubstr;
 using transformer_test::diffusers_tensor_shapes;
-using transformer_test::invalid_input_message;
 using transformer_test::pattern_tensor;
-using transformer_test::TemporaryDirectory;
 
 // A small configuration with every axis distinct: D = 16, head_dim 8, joint dim 12.
 QwenImageTransformerConfig small_config() {
@@ -42,7 +44,7 @@ QwenImageTransformerConfig small_config() {
 }
 
 std::string config_error(const nlohmann::json& document) {
-  return invalid_input_message(
+  return error_message(
       [&] { QwenImageTransformerConfig::from_json(document, "transformer/config.json"); });
 }
 
@@ -142,12 +144,12 @@ TEST(TransformerConfigTest, RejectsConfigOfAnotherClass) {
 
 TEST(TransformerConfigTest, ReportsUnreadableFiles) {
   TemporaryDirectory directory;
-  EXPECT_THAT(invalid_input_message(
-                  [&] { QwenImageTransformerConfig::from_file(directory / "missing.json"); }),
-              HasSubstr("cannot open"));
+  EXPECT_THAT(
+      error_message([&] { QwenImageTransformerConfig::from_file(directory / "missing.json"); }),
+      HasSubstr("cannot open"));
   const auto broken = directory / "config.json";
   std::ofstream(broken) << "{\"num_layers\": ";
-  EXPECT_THAT(invalid_input_message([&] { QwenImageTransformerConfig::from_file(broken); }),
+  EXPECT_THAT(error_message([&] { QwenImageTransformerConfig::from_file(broken); }),
               HasSubstr("invalid JSON"));
 }
 
@@ -209,7 +211,7 @@ TEST_F(TransformerLoadingTest, LoadsAllTensorsAndRuns) {
 TEST_F(TransformerLoadingTest, ReportsMissingTensor) {
   const std::string missing = "transformer_blocks.1.attn.norm_added_k.weight";
   const auto checkpoint = SafetensorsCheckpoint::open(write_checkpoint({}, {}, missing));
-  const std::string message = invalid_input_message(
+  const std::string message = error_message(
       [&] { QwenImageTransformer::load(checkpoint, small_config(), ModelPrecision::f32()); });
   EXPECT_THAT(message, HasSubstr("transformer.safetensors"));
   EXPECT_THAT(message, HasSubstr("\"" + missing + "\" is missing"));
@@ -218,7 +220,7 @@ TEST_F(TransformerLoadingTest, ReportsMissingTensor) {
 TEST_F(TransformerLoadingTest, ReportsWrongShape) {
   const auto checkpoint = SafetensorsCheckpoint::open(
       write_checkpoint({}, {}, "", "transformer_blocks.0.img_mod.1.weight"));
-  const std::string message = invalid_input_message(
+  const std::string message = error_message(
       [&] { QwenImageTransformer::load(checkpoint, small_config(), ModelPrecision::bf16()); });
   EXPECT_THAT(message, HasSubstr("\"transformer_blocks.0.img_mod.1.weight\" has shape [96, 17]"));
   EXPECT_THAT(message, HasSubstr("expects [96, 16]"));
@@ -228,7 +230,7 @@ TEST_F(TransformerLoadingTest, ReportsUnexpectedTensor) {
   std::vector<std::pair<std::string, Tensor>> extra;
   extra.emplace_back("transformer_blocks.2.attn.to_q.weight", pattern_tensor({16, 16}, 3.0f));
   const auto checkpoint = SafetensorsCheckpoint::open(write_checkpoint({}, std::move(extra)));
-  const std::string message = invalid_input_message(
+  const std::string message = error_message(
       [&] { QwenImageTransformer::load(checkpoint, small_config(), ModelPrecision::f32()); });
   EXPECT_THAT(message, HasSubstr("1 tensor(s) do not belong"));
   EXPECT_THAT(message, HasSubstr("transformer_blocks.2.attn.to_q.weight"));
@@ -244,7 +246,7 @@ TEST_F(TransformerLoadingTest, ComfyFileWithPrefixAndMarkerLoads) {
   EXPECT_NO_THROW(QwenImageTransformer::load(checkpoint, small_config(), ModelPrecision::f32(),
                                              comfy_transformer_tensor_name));
   // Under the identity mapping the prefixed names are not diffusers names, so img_in is missing.
-  EXPECT_THAT(invalid_input_message([&] {
+  EXPECT_THAT(error_message([&] {
                 QwenImageTransformer::load(checkpoint, small_config(), ModelPrecision::f32());
               }),
               HasSubstr("\"img_in.weight\" is missing"));
@@ -313,9 +315,8 @@ TEST(TransformerRopeTest, TextStartsAfterLargestImage) {
 }
 
 TEST(TransformerRopeTest, RejectsEmptyOrDegenerateGrids) {
-  EXPECT_THAT(invalid_input_message([] { image_rope_positions({}); }),
-              HasSubstr("img_shapes is empty"));
-  EXPECT_THAT(invalid_input_message([] {
+  EXPECT_THAT(error_message([] { image_rope_positions({}); }), HasSubstr("img_shapes is empty"));
+  EXPECT_THAT(error_message([] {
                 text_rope_start({{1, 0, 4}});
               }),
               HasSubstr("img_shapes[0] = (1, 0, 4)"));
@@ -423,7 +424,7 @@ class TransformerInputTest : public ::testing::Test {
   }
 
   std::string forward_error() {
-    return invalid_input_message([&] { model_.forward(inputs_); });
+    return error_message([&] { model_.forward(inputs_); });
   }
 
   QwenImageTransformer model_;

@@ -1,48 +1,16 @@
-// Helpers shared by the transformer tests: a temporary directory, the diffusers tensor list of
-// a configuration (written independently of the loader, from the published layout), and
-// message capture for error tests.
+// Helpers shared by the transformer tests: the diffusers tensor list of a configuration
+// (written independently of the loader, from the published layout) and patterned tensors.
 #pragma once
 
-#include <gtest/gtest.h>
-#include <stdlib.h>
-
 #include <cstdint>
-#include <filesystem>
-#include <functional>
-#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "models/qwen_image/transformer_config.h"
-#include "runtime/error.h"
 #include "runtime/tensor.h"
 
 namespace ethereal::transformer_test {
-
-// A fresh directory under ::testing::TempDir(), removed with its contents at scope exit.
-class TemporaryDirectory {
- public:
-  TemporaryDirectory() {
-    std::string pattern =
-        (std::filesystem::path(::testing::TempDir()) / "ethereal-transformer-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed for " + pattern);
-    }
-    path_ = pattern;
-  }
-  ~TemporaryDirectory() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TemporaryDirectory(const TemporaryDirectory&) = delete;
-  TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
-
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // The diffusers tensors of `config` with their shapes: 13 top-level tensors, 32 per block.
 inline std::vector<std::pair<std::string, Shape>> diffusers_tensor_shapes(
@@ -98,16 +66,6 @@ inline Tensor pattern_tensor(const Shape& shape, float seed, DType dtype = DType
         0.05f * static_cast<float>(((i * 37 + static_cast<std::size_t>(seed * 13)) % 41)) - 1.0f;
   }
   return Tensor::from_floats(values, shape, dtype);
-}
-
-// The message of the InvalidInputError `action` throws, or "" when it throws none.
-inline std::string invalid_input_message(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  return "";
 }
 
 }  // namespace ethereal::transformer_test

@@ -2,8 +2,6 @@
 
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -17,24 +15,19 @@
 #include "models/qwen_image/vae_tensor_names.h"
 #include "runtime/allocator.h"
 #include "runtime/error.h"
+#include "support/errors.h"
+#include "support/files.h"
 #include "vae_test_support.h"
 
 namespace ethereal {
 namespace {
 
 namespace fs = std::filesystem;
+using test_support::error_message;
+using test_support::TemporaryDirectory;
 using vae_test::expect_close;
 using vae_test::load_frame;
 using vae_test::tiny_vae_dir;
-
-std::string message_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "(no error)";
-}
 
 // ---------------------------------------------------------------------------------------
 // Configuration
@@ -142,8 +135,8 @@ TEST(VaeConfig, RejectsInvalidValuesNamingFileAndKey) {
   for (const ConfigErrorCase& c : cases) {
     nlohmann::json document = real_config_json();
     c.edit(document);
-    const std::string message =
-        message_of([&] { QwenImageVaeConfig::from_json(document, "models/qwen/vae/config.json"); });
+    const std::string message = error_message<Error>(
+        [&] { QwenImageVaeConfig::from_json(document, "models/qwen/vae/config.json"); });
     EXPECT_NE(message.find("models/qwen/vae/config.json"), std::string::npos)
         << c.name << ": " << message;
     EXPECT_NE(message.find(c.expected_fragment), std::string::npos) << c.name << ": " << message;
@@ -151,18 +144,16 @@ TEST(VaeConfig, RejectsInvalidValuesNamingFileAndKey) {
 }
 
 TEST(VaeConfig, RejectsMissingAndMalformedFiles) {
-  const fs::path directory =
-      fs::path(::testing::TempDir()) / ("vae_config_" + std::to_string(::getpid()));
-  fs::create_directories(directory);
+  const TemporaryDirectory directory("vae_config");
   const fs::path broken = directory / "config.json";
   std::ofstream(broken) << "{\"base_dim\": 96,";
-  EXPECT_NE(message_of([&] { QwenImageVaeConfig::from_file(broken); }).find("invalid JSON"),
-            std::string::npos);
+  EXPECT_NE(
+      error_message<Error>([&] { QwenImageVaeConfig::from_file(broken); }).find("invalid JSON"),
+      std::string::npos);
   const fs::path missing = directory / "absent.json";
-  const std::string message = message_of([&] { QwenImageVaeConfig::from_file(missing); });
+  const std::string message = error_message<Error>([&] { QwenImageVaeConfig::from_file(missing); });
   EXPECT_NE(message.find("absent.json"), std::string::npos) << message;
   EXPECT_THROW(QwenImageVaeConfig::from_file(missing), InvalidInputError);
-  fs::remove_all(directory);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -467,9 +458,7 @@ TEST_F(VaeParityTest, Bf16StaysNearReference) {
 }
 
 TEST_F(VaeParityTest, WanNamedCheckpointLoadsTheSameModel) {
-  const fs::path directory =
-      fs::path(::testing::TempDir()) / ("vae_wan_" + std::to_string(::getpid()));
-  fs::create_directories(directory);
+  const TemporaryDirectory directory("vae_wan");
   const fs::path wan_file = directory / "qwen_image_vae.safetensors";
   const QwenImageVaeConfig config = QwenImageVaeConfig::from_file(tiny_vae_dir() / "config.json");
   {
@@ -489,7 +478,6 @@ TEST_F(VaeParityTest, WanNamedCheckpointLoadsTheSameModel) {
   EXPECT_EQ(from_wan.encode(image).to_floats(), from_diffusers.encode(image).to_floats());
   const Tensor latents = Tensor::zeros({1, 16, 2, 3}, DType::f32);
   EXPECT_EQ(from_wan.decode(latents).to_floats(), from_diffusers.decode(latents).to_floats());
-  fs::remove_all(directory);
 }
 
 TEST_F(VaeParityTest, DecoderOnlyModelLoadsAndDecodes) {
@@ -500,7 +488,7 @@ TEST_F(VaeParityTest, DecoderOnlyModelLoadsAndDecodes) {
   const SafetensorsCheckpoint file = open_case("decode.safetensors");
   const Tensor latents = load_frame(file, "input.latents");
   EXPECT_EQ(decoder_only.decode(latents).to_floats(), full.decode(latents).to_floats());
-  const std::string message = message_of([&] {
+  const std::string message = error_message<Error>([&] {
     decoder_only.encode(Tensor::zeros({1, 3, 8, 8}, DType::f32));
   });
   EXPECT_NE(message.find("encoder was not loaded"), std::string::npos) << message;
@@ -508,14 +496,16 @@ TEST_F(VaeParityTest, DecoderOnlyModelLoadsAndDecodes) {
 
 TEST_F(VaeParityTest, RejectsInvalidInputs) {
   const QwenImageVae vae = load_tiny(ModelPrecision::f32());
-  std::string message = message_of([&] { vae.encode(Tensor::zeros({1, 3, 40, 52}, DType::f32)); });
+  std::string message = error_message<Error>([&] {
+    vae.encode(Tensor::zeros({1, 3, 40, 52}, DType::f32));
+  });
   EXPECT_NE(message.find("multiples of 8"), std::string::npos) << message;
   EXPECT_NE(message.find("f32[1, 3, 40, 52]"), std::string::npos) << message;
-  message = message_of([&] { vae.encode(Tensor::zeros({1, 4, 8, 8}, DType::f32)); });
+  message = error_message<Error>([&] { vae.encode(Tensor::zeros({1, 4, 8, 8}, DType::f32)); });
   EXPECT_NE(message.find("[1, 3, H, W]"), std::string::npos) << message;
-  message = message_of([&] { vae.decode(Tensor::zeros({1, 16, 1, 2, 3}, DType::f32)); });
+  message = error_message<Error>([&] { vae.decode(Tensor::zeros({1, 16, 1, 2, 3}, DType::f32)); });
   EXPECT_NE(message.find("[1, 16, H, W]"), std::string::npos) << message;
-  message = message_of([&] { vae.decode(Tensor::zeros({2, 16, 2, 3}, DType::f32)); });
+  message = error_message<Error>([&] { vae.decode(Tensor::zeros({2, 16, 2, 3}, DType::f32)); });
   EXPECT_NE(message.find("f32[2, 16, 2, 3]"), std::string::npos) << message;
   EXPECT_THROW(vae.normalize_latents(Tensor::zeros({1, 4, 2, 2}, DType::f32)), InvalidInputError);
 }
@@ -525,23 +515,21 @@ TEST_F(VaeParityTest, RejectsCheckpointOfAnotherConfig) {
   const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(tiny_vae_dir());
   config.base_dim = 8;
   const std::string wrong_shape =
-      message_of([&] { QwenImageVae::load(checkpoint, config, ModelPrecision::f32()); });
+      error_message<Error>([&] { QwenImageVae::load(checkpoint, config, ModelPrecision::f32()); });
   EXPECT_NE(wrong_shape.find("\"encoder.conv_in.weight\" has shape [4, 3, 3, 3, 3]"),
             std::string::npos)
       << wrong_shape;
   config.base_dim = 4;
   config.num_res_blocks = 1;  // down_blocks.1 is then a resampler
   const std::string missing =
-      message_of([&] { QwenImageVae::load(checkpoint, config, ModelPrecision::f32()); });
+      error_message<Error>([&] { QwenImageVae::load(checkpoint, config, ModelPrecision::f32()); });
   EXPECT_NE(missing.find("\"encoder.down_blocks.1.resample.1.weight\" is missing"),
             std::string::npos)
       << missing;
 }
 
 TEST_F(VaeParityTest, RejectsUnexpectedTensor) {
-  const fs::path directory =
-      fs::path(::testing::TempDir()) / ("vae_extra_" + std::to_string(::getpid()));
-  fs::create_directories(directory);
+  const TemporaryDirectory directory("vae_extra");
   const fs::path file = directory / "vae.safetensors";
   {
     const SafetensorsCheckpoint tiny = SafetensorsCheckpoint::open(tiny_vae_dir());
@@ -555,10 +543,9 @@ TEST_F(VaeParityTest, RejectsUnexpectedTensor) {
   const SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(file);
   const QwenImageVaeConfig config = QwenImageVaeConfig::from_file(tiny_vae_dir() / "config.json");
   const std::string message =
-      message_of([&] { QwenImageVae::load(checkpoint, config, ModelPrecision::f32()); });
+      error_message<Error>([&] { QwenImageVae::load(checkpoint, config, ModelPrecision::f32()); });
   EXPECT_NE(message.find("do not belong"), std::string::npos) << message;
   EXPECT_NE(message.find("decoder.extra_head.weight"), std::string::npos) << message;
-  fs::remove_all(directory);
 }
 
 // ---------------------------------------------------------------------------------------

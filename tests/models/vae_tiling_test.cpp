@@ -4,28 +4,20 @@
 
 #include <cmath>
 #include <functional>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "models/qwen_image/vae.h"
 #include "runtime/error.h"
+#include "support/inputs.h"
 #include "vae_test_support.h"
 
 namespace ethereal {
 namespace {
 
+using test_support::uniform_tensor;
 using vae_test::difference;
 using vae_test::Difference;
-
-Tensor random_tensor(const Shape& shape, std::uint32_t seed, float low = -1.0f, float high = 1.0f) {
-  std::mt19937 generator(seed);
-  std::uniform_real_distribution<float> distribution(low, high);
-  std::vector<float> values(static_cast<std::size_t>(shape_numel(shape)));
-  for (float& v : values)
-    v = distribution(generator);
-  return Tensor::from_floats(values, shape);
-}
 
 // Nearest-neighbour upsampling by `factor`: a stand-in decoder whose output at a pixel depends
 // only on the latent under it, so tiling must reproduce it exactly.
@@ -94,7 +86,7 @@ TEST(VaeTiling, RejectsInvalidTileSizes) {
 
 TEST(VaeTiling, LocalDecoderIsReproducedExactly) {
   // 13 x 21 latents with 64 px tiles every 40 px (5 latents): a 3 x 5 grid with cut edge tiles.
-  const Tensor latents = random_tensor({1, 2, 13, 21}, 7);
+  const Tensor latents = uniform_tensor({1, 2, 13, 21}, DType::f32, 7);
   const TileGrid grid = TileGrid::for_decode({.enabled = true, .tile_px = 64, .overlap_px = 24}, 8);
   int tiles = 0;
   const Tensor tiled = run_tiled(latents, grid, [&](const Tensor& tile) {
@@ -108,7 +100,7 @@ TEST(VaeTiling, LocalDecoderIsReproducedExactly) {
 }
 
 TEST(VaeTiling, LocalEncoderIsReproducedExactly) {
-  const Tensor image = random_tensor({1, 3, 72, 120}, 8);
+  const Tensor image = uniform_tensor({1, 3, 72, 120}, DType::f32, 8);
   const TileGrid grid = TileGrid::for_encode({.enabled = true, .tile_px = 32, .overlap_px = 16}, 8);
   const Tensor tiled =
       run_tiled(image, grid, [](const Tensor& tile) { return average_pool(tile, 8); });
@@ -183,17 +175,17 @@ class VaeModelTilingTest : public ::testing::Test {
 };
 
 TEST_F(VaeModelTilingTest, SingleTileEqualsUntiled) {
-  const Tensor latents = random_tensor({1, 16, 5, 7}, 11, -2.0f, 2.0f);
+  const Tensor latents = uniform_tensor({1, 16, 5, 7}, DType::f32, 11, -2.0f, 2.0f);
   VaeMemoryOptions tiled;
   // Tiles start every 112 px (14 latents), so one tile covers both inputs.
   tiled.tiling = {.enabled = true, .tile_px = 128, .overlap_px = 16};
   EXPECT_EQ(vae().decode(latents, tiled).to_floats(), vae().decode(latents).to_floats());
-  const Tensor image = random_tensor({1, 3, 40, 56}, 12);
+  const Tensor image = uniform_tensor({1, 3, 40, 56}, DType::f32, 12);
   EXPECT_EQ(vae().encode(image, tiled).to_floats(), vae().encode(image).to_floats());
 }
 
 TEST_F(VaeModelTilingTest, AttentionQueryTileDoesNotChangeResult) {
-  const Tensor latents = random_tensor({1, 16, 6, 5}, 13, -2.0f, 2.0f);
+  const Tensor latents = uniform_tensor({1, 16, 6, 5}, DType::f32, 13, -2.0f, 2.0f);
   VaeMemoryOptions small_tiles;
   small_tiles.attention_query_tile = 3;
   const Difference d = difference(vae().decode(latents, small_tiles), vae().decode(latents));
@@ -223,7 +215,7 @@ double seam_jump(const Tensor& image, std::int64_t stride) {
 TEST_F(VaeModelTilingTest, TiledDecodeHasSmoothSeams) {
   // 12 x 14 latents (96 x 112 px). Blended: 64 px tiles every 32 px (a 3 x 4 grid). Butted:
   // 32 px tiles without overlap (the same seam columns 32, 64, 96, without blending).
-  const Tensor latents = random_tensor({1, 16, 12, 14}, 14, -2.0f, 2.0f);
+  const Tensor latents = uniform_tensor({1, 16, 12, 14}, DType::f32, 14, -2.0f, 2.0f);
   const Tensor reference = vae().decode(latents);
   VaeMemoryOptions blended;
   blended.tiling = {.enabled = true, .tile_px = 64, .overlap_px = 32};
@@ -248,7 +240,7 @@ TEST_F(VaeModelTilingTest, TiledDecodeHasSmoothSeams) {
 
 TEST_F(VaeModelTilingTest, TiledEncodeStaysCloseToUntiled) {
   // 96 x 128 px; 64 px tiles every 32 px (a 3 x 4 grid) against 32 px tiles without overlap.
-  const Tensor image = random_tensor({1, 3, 96, 128}, 15);
+  const Tensor image = uniform_tensor({1, 3, 96, 128}, DType::f32, 15);
   const Tensor reference = vae().encode(image);
   VaeMemoryOptions blended;
   blended.tiling = {.enabled = true, .tile_px = 64, .overlap_px = 32};

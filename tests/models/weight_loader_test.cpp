@@ -2,56 +2,37 @@
 
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
 #include <filesystem>
-#include <functional>
 #include <string>
 #include <vector>
 
 #include "io/safetensors_writer.h"
 #include "runtime/error.h"
+#include "support/errors.h"
+#include "support/files.h"
+#include "support/inputs.h"
 
 namespace ethereal {
 namespace {
 
 namespace fs = std::filesystem;
+using test_support::error_message;
 
 class WeightLoaderTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    directory_ = fs::path(::testing::TempDir()) /
-                 ("weight_loader_" + std::to_string(::getpid()) + "_" +
-                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(directory_);
-  }
-  void TearDown() override { fs::remove_all(directory_); }
-
   fs::path write(const std::vector<std::pair<std::string, Tensor>>& tensors) {
     const fs::path path = directory_ / "weights.safetensors";
     write_safetensors(path, tensors);
     return path;
   }
 
+  // bf16 values start, start + 1, ...
   static Tensor values(const Shape& shape, float start) {
-    std::vector<float> v(static_cast<std::size_t>(shape_numel(shape)));
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      v[i] = start + static_cast<float>(i);
-    }
-    return Tensor::from_floats(v, shape, DType::bf16);
+    return test_support::arange_tensor(shape, start, DType::bf16);
   }
 
-  fs::path directory_;
+  test_support::TemporaryDirectory directory_{"weight_loader"};
 };
-
-std::string message_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  return "";
-}
 
 TEST_F(WeightLoaderTest, TakesTensorsInRequestedDtype) {
   const fs::path path = write({{"layer.weight", values({3, 2}, 1.0f)},
@@ -74,7 +55,9 @@ TEST_F(WeightLoaderTest, ReportsWrongShapeWithFileAndTensor) {
   const fs::path path = write({{"layer.weight", values({3, 2}, 0.0f)}});
   SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(path);
   WeightLoader loader(checkpoint, identity_tensor_name, "transformer");
-  const std::string message = message_of([&] { loader.take("layer.weight", {2, 3}, DType::f32); });
+  const std::string message = error_message([&] {
+    loader.take("layer.weight", {2, 3}, DType::f32);
+  });
   EXPECT_NE(message.find("weights.safetensors"), std::string::npos) << message;
   EXPECT_NE(message.find("\"layer.weight\" has shape [3, 2]"), std::string::npos) << message;
   EXPECT_NE(message.find("expects [2, 3]"), std::string::npos) << message;
@@ -86,13 +69,13 @@ TEST_F(WeightLoaderTest, ReportsMissingAndUnexpectedTensors) {
                                {"lm_head.weight", values({2}, 0.0f)}});
   SafetensorsCheckpoint checkpoint = SafetensorsCheckpoint::open(path);
   WeightLoader loader(checkpoint, identity_tensor_name, "text encoder");
-  const std::string missing = message_of([&] { loader.take("c.weight", {2}, DType::f32); });
+  const std::string missing = error_message([&] { loader.take("c.weight", {2}, DType::f32); });
   EXPECT_NE(missing.find("text encoder weight \"c.weight\" is missing"), std::string::npos)
       << missing;
 
   loader.take("a.weight", {2}, DType::f32);
   loader.ignore_prefix("lm_head.");
-  const std::string unexpected = message_of([&] { loader.finish(); });
+  const std::string unexpected = error_message([&] { loader.finish(); });
   EXPECT_NE(unexpected.find("1 tensor(s)"), std::string::npos) << unexpected;
   EXPECT_NE(unexpected.find("\"b.weight\""), std::string::npos) << unexpected;
 }
@@ -120,7 +103,7 @@ TEST_F(WeightLoaderTest, MapsFileNamesAndRejectsCollisions) {
       write({{"model.diffusion_model.y", values({1}, 0.0f)}, {"y", values({1}, 0.0f)}});
   SafetensorsCheckpoint clashing = SafetensorsCheckpoint::open(clash);
   const std::string message =
-      message_of([&] { WeightLoader(clashing, strip_prefix, "transformer"); });
+      error_message([&] { WeightLoader(clashing, strip_prefix, "transformer"); });
   EXPECT_NE(message.find("both map to"), std::string::npos) << message;
 }
 

@@ -1,7 +1,5 @@
 #include "pipeline/edit_pipeline.h"
 
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,37 +10,25 @@
 #include "models/tiny_model.h"
 #include "pipeline/latents.h"
 #include "runtime/error.h"
+#include "support/files.h"
+#include "support/images.h"
 
 namespace ethereal {
 namespace {
 
 namespace fs = std::filesystem;
 
-Image gradient_image(int width, int height, int seed) {
-  Image image(width, height, 3);
-  for (int y = 0; y < height; ++y) {
-    for (int x = 0; x < width; ++x) {
-      image.at(x, y, 0) = static_cast<std::uint8_t>((x * 5 + seed * 40) % 256);
-      image.at(x, y, 1) = static_cast<std::uint8_t>((y * 7 + seed * 10) % 256);
-      image.at(x, y, 2) = static_cast<std::uint8_t>((x + y + seed) % 256);
-    }
-  }
-  return image;
-}
-
 class EditPipelineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = fs::path(::testing::TempDir()) / ("edit_pipeline_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
+    root_ = test_support::create_temporary_directory("edit_pipeline");
     write_tiny_model(root_ / "model", 3);
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }
 
   static EditRequest small_request() {
     EditRequest request;
-    request.images = {gradient_image(48, 40, 1)};
+    request.images = {test_support::gradient_image(48, 40, 40, 10, 1)};
     request.prompt = "turn the lights on";
     request.steps = 2;
     request.seed = 5;
@@ -88,7 +74,7 @@ TEST_F(EditPipelineTest, TwoReferencesWithoutGuidance) {
   const EditPipeline pipeline =
       EditPipeline::load(ModelDirectory::open(root_ / "model"), ModelPrecision::f32());
   EditRequest request = small_request();
-  request.images.push_back(gradient_image(30, 60, 2));
+  request.images.push_back(test_support::gradient_image(30, 60, 80, 20, 2));
   request.cfg_scale = 1.0;
   request.output_size.reset();
 
@@ -114,8 +100,17 @@ TEST_F(EditPipelineTest, RejectsInvalidRequests) {
   EXPECT_THROW(pipeline.run(no_images), InvalidInputError);
 
   EditRequest tiny_image = small_request();
-  tiny_image.images = {gradient_image(8, 8, 0)};
+  tiny_image.images = {test_support::gradient_image(8, 8)};
   EXPECT_THROW(pipeline.run(tiny_image), InvalidInputError);
+
+  EditRequest tiny_references = small_request();
+  tiny_references.reference_pixels = 100.0 * 100.0;
+  try {
+    pipeline.run(tiny_references);
+    FAIL() << "a reference area of 100x100 pixels was accepted";
+  } catch (const InvalidInputError& error) {
+    EXPECT_NE(std::string(error.what()).find("10000"), std::string::npos) << error.what();
+  }
 
   EditRequest noise_file = small_request();
   noise_file.initial_noise = root_ / "noise.safetensors";

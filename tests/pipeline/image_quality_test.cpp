@@ -10,6 +10,7 @@
 #include <string>
 
 #include "runtime/error.h"
+#include "support/errors.h"
 
 namespace ethereal {
 namespace {
@@ -43,15 +44,6 @@ Image with_noise(const Image& image, double sigma, std::uint32_t seed) {
     value = static_cast<std::uint8_t>(std::clamp(std::lround(value + noise(generator)), 0L, 255L));
   }
   return noisy;
-}
-
-std::string invalid_input_message(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  return "";
 }
 
 TEST(Psnr, IdenticalImagesAreInfinite) {
@@ -138,8 +130,9 @@ TEST(Ssim, DecreasesWithNoise) {
 TEST(ImageQuality, SizeMismatchNamesBothSizes) {
   const Image image = textured_image(64, 48);
   const Image reference = textured_image(64, 64);
-  for (const std::string& message : {invalid_input_message([&] { psnr(image, reference); }),
-                                     invalid_input_message([&] { ssim(image, reference); })}) {
+  for (const std::string& message :
+       {test_support::error_message([&] { psnr(image, reference); }),
+        test_support::error_message([&] { ssim(image, reference); })}) {
     EXPECT_NE(message.find("64x48"), std::string::npos) << message;
     EXPECT_NE(message.find("64x64"), std::string::npos) << message;
   }
@@ -147,7 +140,7 @@ TEST(ImageQuality, SizeMismatchNamesBothSizes) {
 
 TEST(Ssim, RejectsImagesSmallerThanWindow) {
   const Image image = textured_image(10, 30);
-  const std::string message = invalid_input_message([&] { ssim(image, image); });
+  const std::string message = test_support::error_message([&] { ssim(image, image); });
   EXPECT_NE(message.find("10x30"), std::string::npos) << message;
   EXPECT_NE(message.find("11x11"), std::string::npos) << message;
 }

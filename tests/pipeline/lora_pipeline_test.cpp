@@ -1,13 +1,10 @@
 // Edits of the tiny model with quantised weights and LoRAs: quality against bf16, LoRA merged
 // versus applied at run time, the Lightning recipe, and rejected LoRA files.
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,33 +18,14 @@
 #include "pipeline/image_quality.h"
 #include "pipeline/lightning.h"
 #include "runtime/error.h"
+#include "support/files.h"
+#include "support/images.h"
+#include "support/inputs.h"
 
 namespace ethereal {
 namespace {
 
 namespace fs = std::filesystem;
-
-Image gradient_image(int width, int height) {
-  Image image(width, height, 3);
-  for (int y = 0; y < height; ++y) {
-    for (int x = 0; x < width; ++x) {
-      image.at(x, y, 0) = static_cast<std::uint8_t>((x * 5) % 256);
-      image.at(x, y, 1) = static_cast<std::uint8_t>((y * 7) % 256);
-      image.at(x, y, 2) = static_cast<std::uint8_t>((x + y) % 256);
-    }
-  }
-  return image;
-}
-
-Tensor uniform_tensor(std::int64_t rows, std::int64_t columns, std::uint32_t seed, float bound) {
-  std::mt19937 generator(seed);
-  std::uniform_real_distribution<float> distribution(-bound, bound);
-  std::vector<float> values(static_cast<std::size_t>(rows * columns));
-  for (float& value : values) {
-    value = distribution(generator);
-  }
-  return Tensor::from_floats(values, {rows, columns}, DType::f32);
-}
 
 struct LoraModule {
   const char* name;
@@ -71,8 +49,11 @@ void write_lora(const fs::path& model, const fs::path& path, const std::string& 
   std::vector<std::pair<std::string, Tensor>> tensors;
   std::uint32_t seed = 11;
   auto add = [&](const std::string& base, std::int64_t out, std::int64_t in) {
-    tensors.emplace_back(base + ".lora_down.weight", uniform_tensor(rank, in, seed++, 0.3f));
-    tensors.emplace_back(base + ".lora_up.weight", uniform_tensor(out, rank, seed++, 0.3f));
+    tensors.emplace_back(base + ".lora_down.weight",
+                         test_support::uniform_tensor({rank, in}, DType::f32, seed++, -0.3f, 0.3f));
+    tensors.emplace_back(
+        base + ".lora_up.weight",
+        test_support::uniform_tensor({out, rank}, DType::f32, seed++, -0.3f, 0.3f));
     tensors.emplace_back(base + ".alpha", Tensor::from_floats(alpha, {}, DType::f32));
   };
   for (int block = 0; block < config["num_layers"].get<int>(); ++block) {
@@ -90,9 +71,7 @@ void write_lora(const fs::path& model, const fs::path& path, const std::string& 
 class LoraPipelineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = fs::path(::testing::TempDir()) / ("lora_pipeline_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
+    root_ = test_support::create_temporary_directory("lora_pipeline");
     write_tiny_model(root_ / "model", 5);
     write_lora(root_ / "model", root_ / "style.safetensors");
   }
@@ -100,7 +79,7 @@ class LoraPipelineTest : public ::testing::Test {
 
   static EditRequest small_request() {
     EditRequest request;
-    request.images = {gradient_image(64, 64)};
+    request.images = {test_support::gradient_image(64, 64)};
     request.prompt = "make it winter";
     request.steps = 3;
     request.seed = 9;

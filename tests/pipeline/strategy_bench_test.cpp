@@ -7,29 +7,19 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "models/tiny_model.h"
 #include "runtime/allocator.h"
 #include "runtime/error.h"
+#include "support/files.h"
+#include "support/inputs.h"
 
 namespace ethereal {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Standard normal values times 0.02, the scale of real checkpoint weights.
-Tensor normal_weight(std::int64_t rows, std::int64_t columns, std::uint32_t seed) {
-  std::mt19937 generator(seed);
-  std::normal_distribution<float> distribution(0.0f, 0.02f);
-  std::vector<float> values(static_cast<std::size_t>(rows * columns));
-  for (float& value : values) {
-    value = distribution(generator);
-  }
-  return Tensor::from_floats(values, {rows, columns}, DType::f32);
-}
 
 std::vector<std::string> names_of(const std::vector<BenchConfiguration>& configurations) {
   std::vector<std::string> names;
@@ -123,7 +113,7 @@ TEST(RelativeWeightError, ZeroWeightHasNoError) {
 
 TEST(RelativeWeightError, OrdersFormatsOnNormalWeights) {
   // Expected magnitudes for normal weights: int8 about 1%, fp8 e4m3 about 2.5%, nf4 about 10%.
-  const Tensor weight = normal_weight(128, 256, 9);
+  const Tensor weight = test_support::normal_tensor({128, 256}, DType::f32, 9);
   const double int8 = relative_weight_error(weight, quant::QuantFormat::int8);
   const double fp8 = relative_weight_error(weight, quant::QuantFormat::fp8_e4m3);
   const double nf4 = relative_weight_error(weight, quant::QuantFormat::nf4);
@@ -151,9 +141,7 @@ TEST(SyntheticBenchImage, HasRequestedSizeAndStructure) {
 class StrategyBenchModelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = fs::path(::testing::TempDir()) / ("strategy_bench_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
+    root_ = test_support::create_temporary_directory("strategy_bench");
     write_tiny_model(root_ / "model", 3);
   }
   static void TearDownTestSuite() { fs::remove_all(root_); }

@@ -87,6 +87,29 @@ TEST(BlockStreamer, KeepsAtMostKeptBlocksOnDevice) {
   }
 }
 
+// Two passes over three blocks with three kept: without the limit the worker would load up to
+// two blocks of a third pass. With it, the loads are exactly the six blocks handed out.
+TEST(BlockStreamer, LimitStopsLoadingAfterLastBlock) {
+  for (const bool background : {true, false}) {
+    EventRecorder recorder;
+    BlockStreamOptions options = stream_options(3, 3, recorder);
+    options.background = background;
+    {
+      TypedBlockStreamer<Tensor> streamer(std::move(options), make_block, tensor_bytes);
+      streamer.limit_acquisitions(6);
+      for (std::int64_t step = 0; step < 6; ++step) {
+        const ResidentHandle<Tensor> block = streamer.acquire(step % 3);
+      }
+      EXPECT_THROW(streamer.acquire(0), std::logic_error) << "background " << background;
+    }
+    int onloads = 0;
+    for (const ResidencyEvent& event : recorder.events()) {
+      onloads += event.kind == ResidencyEventKind::onload_start ? 1 : 0;
+    }
+    EXPECT_EQ(onloads, 6) << "background " << background;
+  }
+}
+
 TEST(BlockStreamer, CapsKeptBlocksAtBlockCount) {
   EventRecorder recorder;
   {

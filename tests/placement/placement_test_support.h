@@ -2,23 +2,21 @@
 // temporary directory.
 #pragma once
 
-#include <gtest/gtest.h>
-#include <stdlib.h>
-
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <filesystem>
 #include <functional>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "runtime/residency.h"
+#include "support/files.h"
 
 namespace ethereal::placement_test {
+
+using test_support::TemporaryDirectory;
 
 // Records events from any thread. A hook, when set, runs on the emitting thread after the
 // event is stored (outside the lock), so it may wait for events from other threads.
@@ -99,30 +97,5 @@ inline int max_on_device(const std::vector<ResidencyEvent>& events, const std::s
   }
   return highest;
 }
-
-// A fresh directory under ::testing::TempDir(), removed with its contents at scope exit.
-class TemporaryDirectory {
- public:
-  TemporaryDirectory() {
-    std::string pattern =
-        (std::filesystem::path(::testing::TempDir()) / "ethereal-placement-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed for " + pattern);
-    }
-    path_ = pattern;
-  }
-  ~TemporaryDirectory() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TemporaryDirectory(const TemporaryDirectory&) = delete;
-  TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
-
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
 
 }  // namespace ethereal::placement_test

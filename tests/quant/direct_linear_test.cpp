@@ -1,7 +1,7 @@
 // The direct (few-row) kernels of QuantizedLinear against a double-precision reference on the
-// dequantised weights. in_features 256 takes the fast decoders of all formats. 192 and 100 take
-// the natural-order nf4 decoder (100 with rows that start inside a byte and blocks that span
-// two rows), and 100 ends the fp8 and int8 rows in a partial chunk of 64.
+// dequantised weights. in_features 256 takes the fast decoders of all formats. 192, 100 and 99
+// take the natural-order nf4 decoder (with blocks that span two rows, and for 99 rows that start
+// inside a byte), and 100 and 99 end the fp8 and int8 rows in a partial chunk of 64.
 //
 // Tolerance. x is rounded to bf16 first, and the reference multiplies the weights the kernels
 // multiply: dequantize(weight) in f32 for fp8 and int8, whose codes are exact in bf16 and whose
@@ -115,12 +115,13 @@ void check_rows(const LayerData& layer, std::int64_t rows, DType x_dtype, DType 
 }
 
 TEST(DirectLinear, EveryRowCountMatchesReference) {
-  // N = 37 leaves partial tiles of both kernels (8 and 4 channels). Every row count from 1 to
-  // 63 covers the one-row kernel and every micro-tile height (1 to 6 rows).
+  // N = 37 leaves partial tiles of every kernel (8, 4 and 2 channels). Every row count from 1
+  // to 63 covers each register kernel (1 to 8 rows) and every micro-tile height of the buffered
+  // kernel (1 to 6 rows).
   const std::int64_t n = 37, max_rows = 63;
   std::uint32_t seed = 100;
   for (const FormatCase& f : kFormats) {
-    for (const std::int64_t k : {256, 192, 100}) {
+    for (const std::int64_t k : {256, 192, 100, 99}) {
       const LayerData layer = make_layer(f, n, k, k != 192, ++seed);
       const auto x = testing::rounded_to_bf16(
           testing::uniform_values(static_cast<std::size_t>(max_rows * k), ++seed));
@@ -138,12 +139,13 @@ TEST(DirectLinear, EveryRowCountMatchesReference) {
 }
 
 TEST(DirectLinear, ColumnBlocksAndRowGroupsMatchReference) {
-  // K = 7040 splits into three blocks of columns (at most 3072 each); 70 rows (the direct path
-  // forced) run as two groups of rows; 1 row runs the one-row kernel over two segments.
+  // K = 7040 runs the register kernels (1, 2 and 7 rows) over two segments of columns and the
+  // buffered kernel (13 rows) over three blocks of columns (at most 3072 each). 70 rows (the
+  // direct path forced) run as two groups of rows.
   std::uint32_t seed = 300;
   for (const FormatCase& f : kFormats) {
     const LayerData wide = make_layer(f, 9, 7040, true, ++seed);
-    for (const std::int64_t rows : {1, 2, 7}) {
+    for (const std::int64_t rows : {1, 2, 7, 13}) {
       check_rows(wide, rows, DType::bf16, DType::f32, ++seed,
                  fmt::format("{} k 7040 rows {}", format_label(f), rows));
     }
@@ -213,7 +215,7 @@ TEST(DirectLinear, Fp8EveryCodeMatchesReference) {
        {ScaleGranularity::per_channel, ScaleGranularity::per_tensor}) {
     const QuantizedWeight q = all_fp8_codes(11, scales);
     const LayerData layer{q, multiplied_weights(q), {}};
-    for (const std::int64_t rows : {1, 3}) {
+    for (const std::int64_t rows : {1, 3, 6, 12}) {
       check_rows(layer, rows, DType::f32, DType::f32, 500,
                  fmt::format("fp8 every code, per {}, rows {}",
                              scales == ScaleGranularity::per_tensor ? "tensor" : "channel", rows));
@@ -231,8 +233,9 @@ TEST(DirectLinear, Fp8NanCodeGivesNan) {
   q.values.data_as<std::uint8_t>()[2 * k + 77] = 0x7F;
   q.values.data_as<std::uint8_t>()[5 * k + 3] = 0xFF;
   const QuantizedLinear linear(q, Tensor(), {.path = Path::direct});
-  // 1 and 2 rows take the register kernel, 5 the buffered one; both output dtypes.
-  for (const std::int64_t rows : {1, 2, 5}) {
+  // 1, 2, 3 and 8 rows take the register kernels and 12 the buffered one, with both output
+  // dtypes.
+  for (const std::int64_t rows : {1, 2, 3, 8, 12}) {
     for (const DType out_dtype : {DType::f32, DType::bf16}) {
       const Tensor x = Tensor::from_floats(
           testing::uniform_values(static_cast<std::size_t>(rows * k), 601), {rows, k});
@@ -259,7 +262,7 @@ TEST(DirectLinear, Int8MinusOneTwentyEightMatchesReference) {
     codes[i] = -128;
   }
   const LayerData layer{q, multiplied_weights(q), {}};
-  for (const std::int64_t rows : {1, 4}) {
+  for (const std::int64_t rows : {1, 4, 6, 12}) {
     check_rows(layer, rows, DType::bf16, DType::f32, 701,
                fmt::format("int8 with -128, rows {}", rows));
   }

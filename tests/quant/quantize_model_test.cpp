@@ -1,7 +1,5 @@
 #include "pipeline/quantize_model.h"
 
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -26,10 +24,13 @@
 #include "models/tiny_model.h"
 #include "models/weight_loader.h"
 #include "pipeline/edit_pipeline.h"
+#include "pipeline/image_quality.h"
 #include "quant/quantize.h"
 #include "quant/stored_weight.h"
 #include "runtime/allocator.h"
 #include "runtime/error.h"
+#include "support/files.h"
+#include "support/images.h"
 
 namespace ethereal {
 namespace {
@@ -39,26 +40,9 @@ using quant::QuantFormat;
 
 constexpr QuantFormat kFormats[] = {QuantFormat::fp8_e4m3, QuantFormat::nf4, QuantFormat::int8};
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-Image gradient_image(int width, int height) {
-  Image image(width, height, 3);
-  for (int y = 0; y < height; ++y) {
-    for (int x = 0; x < width; ++x) {
-      image.at(x, y, 0) = static_cast<std::uint8_t>((x * 5 + 40) % 256);
-      image.at(x, y, 1) = static_cast<std::uint8_t>((y * 7 + 10) % 256);
-      image.at(x, y, 2) = static_cast<std::uint8_t>((x + y) % 256);
-    }
-  }
-  return image;
-}
-
 EditRequest small_request() {
   EditRequest request;
-  request.images = {gradient_image(48, 40)};
+  request.images = {test_support::gradient_image(48, 40, 40, 10)};
   request.prompt = "turn the lights on";
   request.steps = 2;
   request.seed = 5;
@@ -66,34 +50,10 @@ EditRequest small_request() {
   return request;
 }
 
-// Peak signal-to-noise ratio of two 8-bit images of the same size, in dB.
-double psnr(const Image& a, const Image& b) {
-  EXPECT_EQ(a.pixels().size(), b.pixels().size());
-  double squared = 0.0;
-  for (std::size_t i = 0; i < a.pixels().size(); ++i) {
-    const double d = static_cast<double>(a.pixels()[i]) - static_cast<double>(b.pixels()[i]);
-    squared += d * d;
-  }
-  const double mse = squared / static_cast<double>(a.pixels().size());
-  return mse == 0.0 ? 99.0 : 10.0 * std::log10(255.0 * 255.0 / mse);
-}
-
-// Names in `directory`, for checking that nothing was left behind.
-std::vector<std::string> entries_of(const fs::path& directory) {
-  std::vector<std::string> names;
-  for (const fs::directory_entry& entry : fs::directory_iterator(directory)) {
-    names.push_back(entry.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 class QuantizeModelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = fs::path(::testing::TempDir()) / ("quantize_model_" + std::to_string(::getpid()));
-    fs::remove_all(root_);
-    fs::create_directories(root_);
+    root_ = test_support::create_temporary_directory("quantize_model");
     write_tiny_model(root_ / "model", 3);
     for (QuantFormat format : kFormats) {
       QuantizeModelOptions options;
@@ -164,10 +124,12 @@ TEST_F(QuantizeModelTest, WritesLayoutsAndCopiesOtherFiles) {
     for (const char* file : {"model_index.json", "vae/diffusion_pytorch_model.safetensors",
                              "vae/config.json", "scheduler/scheduler_config.json",
                              "transformer/config.json", "text_encoder/config.json"}) {
-      EXPECT_EQ(read_file(quantized(format) / file), read_file(root_ / "model" / file)) << file;
+      EXPECT_EQ(test_support::read_file(quantized(format) / file),
+                test_support::read_file(root_ / "model" / file))
+          << file;
     }
-    EXPECT_EQ(entries_of(quantized(format) / "tokenizer"),
-              entries_of(root_ / "model" / "tokenizer"));
+    EXPECT_EQ(test_support::file_names(quantized(format) / "tokenizer"),
+              test_support::file_names(root_ / "model" / "tokenizer"));
     EXPECT_LT(fs::file_size(quantized(format) / "transformer/diffusion_pytorch_model.safetensors"),
               fs::file_size(root_ / "model/transformer/diffusion_pytorch_model.safetensors"));
   }
@@ -272,7 +234,7 @@ TEST_F(QuantizeModelTest, RejectsBadOutputsWithoutWriting) {
     EXPECT_NE(std::string(error.what()).find("transformer_blocks.99"), std::string::npos)
         << error.what();
   }
-  EXPECT_TRUE(entries_of(directory).empty());
+  EXPECT_TRUE(test_support::file_names(directory).empty());
   EXPECT_TRUE(fs::is_directory(root_ / "model" / "transformer"));
 }
 
@@ -290,13 +252,13 @@ TEST_F(QuantizeModelTest, ForceReplacesExistingOutput) {
   } catch (const InvalidInputError& error) {
     EXPECT_NE(std::string(error.what()).find("--force"), std::string::npos) << error.what();
   }
-  EXPECT_EQ(entries_of(output), std::vector<std::string>{"old.txt"});
+  EXPECT_EQ(test_support::file_names(output), std::vector<std::string>{"old.txt"});
 
   options.force = true;
   quantize_model(options);
   EXPECT_FALSE(fs::exists(output / "old.txt"));
   EXPECT_TRUE(fs::exists(output / "transformer" / "diffusion_pytorch_model.safetensors"));
-  EXPECT_EQ(entries_of(output.parent_path()), std::vector<std::string>{"out"})
+  EXPECT_EQ(test_support::file_names(output.parent_path()), std::vector<std::string>{"out"})
       << "no temporary or moved-aside directory is left";
 }
 
@@ -319,8 +281,8 @@ TEST_F(QuantizeModelTest, FailureLeavesNoOutput) {
       ScopedAllocator scope(allocator);
       EXPECT_THROW(quantize_model(options), OutOfMemoryError) << output;
     }
-    EXPECT_EQ(entries_of(directory), std::vector<std::string>{"existing"});
-    EXPECT_EQ(entries_of(existing), std::vector<std::string>{"old.txt"});
+    EXPECT_EQ(test_support::file_names(directory), std::vector<std::string>{"existing"});
+    EXPECT_EQ(test_support::file_names(existing), std::vector<std::string>{"old.txt"});
   }
 }
 

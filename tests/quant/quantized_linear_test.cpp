@@ -226,8 +226,8 @@ QuantizedWeight zero_int8_weight(std::int64_t n, std::int64_t k) {
 TEST(QuantizedLinear, PathSelectionAndPanelWidth) {
   const QuantizedWeight q = zero_int8_weight(12288, 64);
   const QuantizedLinear linear(q);
-  EXPECT_TRUE(linear.uses_direct_path(63));
-  EXPECT_FALSE(linear.uses_direct_path(64));
+  EXPECT_TRUE(linear.uses_direct_path(159));
+  EXPECT_FALSE(linear.uses_direct_path(160));
   // 12288 x 64 in bf16 is 1.5 MiB, so one panel.
   EXPECT_EQ(linear.panel_columns(), 12288);
 

@@ -1,7 +1,5 @@
 #include "quant/stored_weight.h"
 
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -18,11 +16,14 @@
 #include "quant/quantize.h"
 #include "quant_test_support.h"
 #include "runtime/error.h"
+#include "support/errors.h"
+#include "support/files.h"
 
 namespace ethereal::quant {
 namespace {
 
 namespace fs = std::filesystem;
+using test_support::error_message;
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 // Values that fp8 e4m3 represents exactly, so a plain cast keeps them.
@@ -60,14 +61,6 @@ std::vector<float> scaled_expected(const std::function<float(std::int64_t)>& sca
 
 class StoredWeightTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    directory_ = fs::path(::testing::TempDir()) /
-                 ("stored_weight_" + std::to_string(::getpid()) + "_" +
-                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(directory_);
-  }
-  void TearDown() override { fs::remove_all(directory_); }
-
   SafetensorsCheckpoint write(const NamedTensors& tensors,
                               const std::string& file = "w.safetensors") {
     const fs::path path = directory_ / file;
@@ -82,17 +75,8 @@ class StoredWeightTest : public ::testing::Test {
     return decode_stored_weight(checkpoint, stored, DType::f32).to_floats();
   }
 
-  fs::path directory_;
+  test_support::TemporaryDirectory directory_{"stored_weight"};
 };
-
-std::string message_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  return "no InvalidInputError";
-}
 
 TEST_F(StoredWeightTest, PlainFp8CastHasUnitScale) {
   const SafetensorsCheckpoint checkpoint = write({{"layer.weight", fp8_matrix()}});
@@ -354,7 +338,7 @@ TEST_F(StoredWeightTest, RejectsUnknownLayoutsNamingTensor) {
     tensors.emplace_back("layer.weight", c.weight);
     const SafetensorsCheckpoint checkpoint = write(tensors, "rejected.safetensors");
     const std::string message =
-        message_of([&] { inspect_stored_weight(checkpoint, "layer.weight"); });
+        error_message([&] { inspect_stored_weight(checkpoint, "layer.weight"); });
     EXPECT_NE(message.find("rejected.safetensors"), std::string::npos)
         << c.label << ": " << message;
     EXPECT_NE(message.find("\"" + c.named_tensor + "\""), std::string::npos)
@@ -363,7 +347,8 @@ TEST_F(StoredWeightTest, RejectsUnknownLayoutsNamingTensor) {
 
     // The loader reports the same error.
     WeightLoader loader(checkpoint, identity_tensor_name, "transformer");
-    EXPECT_EQ(message_of([&] { loader.linear("layer", kOut, kIn, false, DType::bf16); }), message)
+    EXPECT_EQ(error_message([&] { loader.linear("layer", kOut, kIn, false, DType::bf16); }),
+              message)
         << c.label;
   }
 }

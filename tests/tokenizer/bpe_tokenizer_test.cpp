@@ -229,12 +229,12 @@ TEST(BpeTokenizerOptions, WithoutNfcKeepsDecomposedInput) {
 }
 
 TEST(BpeTokenizerFormats, AllLayoutsEncodeAlike) {
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   const nlohmann::json tokenizer_json = testing::handmade_tokenizer_json();
   testing::write_file(dir / "tokenizer.json", tokenizer_json.dump(2));
 
   // The same vocabulary as vocab.json + merges.txt + tokenizer_config.json.
-  testing::TempDir slow_dir;
+  testing::TemporaryDirectory slow_dir;
   testing::write_file(slow_dir / "vocab.json", tokenizer_json["model"]["vocab"].dump());
   std::string merges = "#version: 0.2\n";
   for (const auto& merge : tokenizer_json["model"]["merges"]) {

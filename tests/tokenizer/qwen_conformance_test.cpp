@@ -120,7 +120,7 @@ TEST_F(QwenConformance, DecodeReturnsNormalizedText) {
 TEST_F(QwenConformance, VocabAndMergesLayoutAgrees) {
   std::ifstream in(tokenizer_json_);
   const json root = json::parse(in);
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   testing::write_file(dir / "vocab.json", root.at("model").at("vocab").dump());
   std::string merges = "#version: 0.2\n";
   for (const json& merge : root.at("model").at("merges")) {

@@ -78,7 +78,7 @@ TEST(TinyVocabulary, RejectsInvalidSample) {
 }
 
 TEST(TinyVocabulary, WrittenFileLoadsAndRoundTrips) {
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   const BpeVocabulary vocabulary = build_tiny_bpe_vocabulary(kSample, 80);
   write_tokenizer_json(vocabulary, dir / "tokenizer.json");
 

@@ -20,7 +20,7 @@ using ::testing::HasSubstr;
 // Writes the hand-made tokenizer.json after `edit` changed it, loads it, and returns the error
 // message (or fails the test when loading succeeds).
 std::string load_error(const std::function<void(json&)>& edit, std::string* path_out = nullptr) {
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   json content = testing::handmade_tokenizer_json();
   edit(content);
   const std::filesystem::path path = dir / "tokenizer.json";
@@ -37,7 +37,7 @@ std::string load_error(const std::function<void(json&)>& edit, std::string* path
 }
 
 TEST(TokenizerJsonErrors, InvalidJsonNamesFileAndByte) {
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   const std::filesystem::path path = dir / "tokenizer.json";
   testing::write_file(path, "{\"model\": {\"vocab\": {\"a\": 1,, }}}");
   try {
@@ -50,7 +50,7 @@ TEST(TokenizerJsonErrors, InvalidJsonNamesFileAndByte) {
 }
 
 TEST(TokenizerJsonErrors, EmptyFileIsInvalidJson) {
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   const std::filesystem::path path = dir / "tokenizer.json";
   testing::write_file(path, "");
   try {
@@ -62,7 +62,7 @@ TEST(TokenizerJsonErrors, EmptyFileIsInvalidJson) {
 }
 
 TEST(TokenizerJsonErrors, MissingFileIsNamed) {
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   try {
     read_tokenizer_json(dir / "absent.json");
     FAIL() << "a missing file was accepted";
@@ -174,7 +174,7 @@ TEST(TokenizerJsonErrors, AddedTokenWithoutContent) {
 
 // vocab.json + merges.txt written from the hand-made vocabulary, with optional edits.
 struct SlowFiles {
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   std::filesystem::path vocab = dir / "vocab.json";
   std::filesystem::path merges = dir / "merges.txt";
 
@@ -238,7 +238,7 @@ TEST(AddedTokensFiles, AddedTokensJsonAloneDefinesTokens) {
 }
 
 TEST(TokenizerDirectory, EmptyFolderIsRejected) {
-  testing::TempDir dir;
+  testing::TemporaryDirectory dir;
   try {
     BpeTokenizer::from_directory(dir.path());
     FAIL() << "an empty folder was accepted";

@@ -1,15 +1,9 @@
-// Helpers shared by the tokenizer tests: a temporary folder, file writing, and a hand-made
-// byte-level vocabulary small enough to reason about merge by merge.
+// Helpers shared by the tokenizer tests: a hand-made byte-level vocabulary small enough to
+// reason about merge by merge, and its tokenizer.json.
 #pragma once
 
-#include <gtest/gtest.h>
-
 #include <cstdint>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -18,40 +12,12 @@
 #include "models/tokenizer/bpe_vocabulary.h"
 #include "models/tokenizer/byte_level.h"
 #include "models/tokenizer/pretokenizer.h"
+#include "support/files.h"
 
 namespace ethereal::testing {
 
-// A fresh folder under the system temporary directory, removed with its contents on
-// destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "ethereal_tokenizer_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) {
-      ADD_FAILURE() << "mkdtemp failed for " << pattern;
-    }
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(std::string_view name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
-
-inline void write_file(const std::filesystem::path& path, std::string_view content) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << content;
-  ASSERT_TRUE(out.good()) << "writing " << path << " failed";
-}
+using test_support::TemporaryDirectory;
+using test_support::write_file;
 
 // Byte-level spelling of one byte, "Ġ" for a space.
 inline std::string byte_symbol(char byte) {

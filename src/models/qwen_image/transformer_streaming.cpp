@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <charconv>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "runtime/allocator.h"
@@ -144,6 +146,16 @@ TransformerBlockStream& TransformerBlockStream::operator=(TransformerBlockStream
 
 ResidentHandle<TransformerBlockWeights> TransformerBlockStream::acquire(std::int64_t index) {
   return streamer_->acquire(index);
+}
+
+void TransformerBlockStream::limit_passes(std::int64_t passes) {
+  if (passes < 1) {
+    throw std::invalid_argument(
+        fmt::format("transformer block stream: passes must be at least 1, got {}", passes));
+  }
+  if (streamer_ != nullptr) {
+    streamer_->limit_acquisitions(passes * source_->block_count());
+  }
 }
 
 void TransformerBlockStream::report_compute(ResidencyEventKind kind, std::int64_t index) const {

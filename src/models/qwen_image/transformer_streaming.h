@@ -12,7 +12,9 @@
 // A TransformerBlockStream is one series of forward passes (a denoising stage, or a single
 // forward call). It hands out the blocks in order 0, 1, ..., N-1, 0, ... through a
 // BlockStreamer (runtime/residency.h): with kept_blocks = 2, a worker thread loads block i+1
-// while block i computes, and the last block of one pass overlaps the first of the next.
+// while block i computes, and the last block of one pass overlaps the first of the next. A
+// stream limited to its passes (limit_passes) loads nothing after the last block of the last
+// pass.
 // When a block's load starts, the source advises the kernel to read the next block's byte
 // ranges (MADV_WILLNEED), so a cold file is read from disk while the worker packs.
 #pragma once
@@ -121,6 +123,10 @@ class TransformerBlockStream {
   bool empty() const { return streamer_ == nullptr; }
   // The next block, which must be `index` (blocks stream in order); rethrows a failed load.
   ResidentHandle<TransformerBlockWeights> acquire(std::int64_t index);
+  // Ends the stream after `passes` passes over the blocks, so the worker loads no block past the
+  // last pass. Call it before the first acquire(); does nothing on an empty stream. Throws
+  // std::invalid_argument for passes < 1.
+  void limit_passes(std::int64_t passes);
   // Reports the start or end of block `index`'s computation.
   void report_compute(ResidencyEventKind kind, std::int64_t index) const;
   bool runs_in_background() const;

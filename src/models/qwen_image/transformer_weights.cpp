@@ -7,6 +7,7 @@
 
 #include "models/qwen_image/transformer_timestep.h"
 #include "runtime/parallel.h"
+#include "runtime/seeded_random.h"
 
 namespace ethereal {
 
@@ -15,42 +16,19 @@ namespace {
 // Rows generated per chunk by RandomWeightSource: bounds its scratch buffer to a few MiB.
 constexpr std::int64_t kRandomRowsPerChunk = 64;
 
-std::uint64_t splitmix64(std::uint64_t& state) {
-  state += 0x9e3779b97f4a7c15ULL;
-  std::uint64_t z = state;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-// FNV-1a, so the stream of a tensor depends on its name and not on the request order.
-std::uint64_t name_hash(const std::string& name) {
-  std::uint64_t hash = 0xcbf29ce484222325ULL;
-  for (char c : name) {
-    hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
-  }
-  return hash;
-}
-
 // Fills `count` values uniform in [low, high) from the stream (seed, name, row).
 void fill_uniform(std::uint64_t seed, std::uint64_t name_key, std::int64_t row, float low,
                   float high, float* values, std::int64_t count) {
   std::uint64_t state = seed ^ name_key ^ (static_cast<std::uint64_t>(row) * 0xd1b54a32d192ed03ULL);
-  const float span = high - low;
   for (std::int64_t i = 0; i < count; ++i) {
-    const auto bits = static_cast<std::uint32_t>(splitmix64(state) >> 40);  // 24 bits
-    values[i] = low + span * (static_cast<float>(bits) * (1.0f / 16777216.0f));
+    values[i] = uniform_from_bits(splitmix64(state), low, high);
   }
 }
 
 // A [length] tensor of `dtype` uniform in [low, high); only allocated in a dry run.
 Tensor random_vector(std::uint64_t seed, const std::string& name, std::int64_t length, float low,
                      float high, DType dtype) {
-  Tensor values = Tensor::empty({length}, DType::f32);
-  if (!values.is_dry()) {
-    fill_uniform(seed, name_hash(name), 0, low, high, values.data_as<float>(), length);
-  }
-  return values.to(dtype);
+  return random_uniform_matrix(seed, name, 1, length, low, high).view({length}).to(dtype);
 }
 
 std::string block_prefix(std::int64_t index) {
@@ -80,6 +58,21 @@ Tensor CheckpointWeightSource::norm_weight(const std::string& name, std::int64_t
   return loader_.take(name, {length}, precision_.compute_dtype);
 }
 
+Tensor random_uniform_matrix(std::uint64_t seed, const std::string& name, std::int64_t rows,
+                             std::int64_t columns, float low, float high) {
+  Tensor values = Tensor::empty({rows, columns}, DType::f32);
+  if (!values.is_dry()) {
+    float* data = values.data_as<float>();
+    const std::uint64_t key = fnv1a_hash(name);
+    parallel_for(0, rows, 1, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t row = begin; row < end; ++row) {
+        fill_uniform(seed, key, row, low, high, data + row * columns, columns);
+      }
+    });
+  }
+  return values;
+}
+
 RandomWeightSource::RandomWeightSource(std::uint64_t seed, ModelPrecision precision)
     : seed_(seed), precision_(precision) {}
 
@@ -89,7 +82,7 @@ LinearLayer RandomWeightSource::linear(const std::string& prefix, std::int64_t o
   cpu::PackedLinear layer =
       cpu::PackedLinear::allocate(out_features, in_features, precision_.weight_dtype, bias);
   const float bound = std::sqrt(3.0f / static_cast<float>(in_features));
-  const std::uint64_t key = name_hash(prefix + ".weight");
+  const std::uint64_t key = fnv1a_hash(prefix + ".weight");
   for (std::int64_t first = 0; first < out_features; first += kRandomRowsPerChunk) {
     const std::int64_t rows = std::min(kRandomRowsPerChunk, out_features - first);
     Tensor chunk = Tensor::empty({rows, in_features}, DType::f32);

@@ -52,6 +52,12 @@ class CheckpointWeightSource final : public TransformerWeightSource {
   ModelPrecision precision_;
 };
 
+// A [rows, columns] f32 tensor uniform in [low, high) whose row r depends only on `seed`,
+// `name` and r: RandomWeightSource's values for the tensor `name` with these bounds (benchmarks
+// quantise them). Only allocated in a dry run.
+Tensor random_uniform_matrix(std::uint64_t seed, const std::string& name, std::int64_t rows,
+                             std::int64_t columns, float low, float high);
+
 // Linear weights uniform in [-a, a] with a = sqrt(3 / in_features) (the variance of
 // N(0, 1 / in_features)), biases uniform in [-0.1, 0.1], norm weights uniform in [0.9, 1.1].
 // The values of a tensor depend only on the seed and the tensor's name.
