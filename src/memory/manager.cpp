@@ -560,8 +560,14 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
     // A lower resolution applies to the references' VAE copies too: they are part of the
     // transformer's sequence and of the VAE encoder's work.
     const ImageSize& requested = managed_result.requested_size;
-    request.reference_pixels *= static_cast<double>(size.width) * size.height /
-                                (static_cast<double>(requested.width) * requested.height);
+    // They stay at least kMinimumReducedSide^2 pixels (or as given, when smaller), the floor of
+    // EditRequest::reference_pixels.
+    const double scaled = managed.edit.reference_pixels * size.width * size.height /
+                          (static_cast<double>(requested.width) * requested.height);
+    const double floor_pixels =
+        std::min(managed.edit.reference_pixels,
+                 static_cast<double>(kMinimumReducedSide) * kMinimumReducedSide);
+    request.reference_pixels = std::max(scaled, floor_pixels);
     // Plan every candidate at this size and keep those that fit, best first.
     PlanRequest plan_request;
     plan_request.image_sizes.clear();

@@ -22,9 +22,9 @@
 //     computes with the current one (double buffering with kept_blocks = 2). A failure in the
 //     worker is stored with the block it was loading and rethrown by acquire() for that block.
 //     A failure on a block that is never acquired is logged when the streamer is destroyed.
-//     A caller that knows how many blocks it will take sets limit_acquisitions(), so that the
-//     worker loads nothing past the last of them: the number of loads (and of allocations)
-//     is then the same in every run, whatever the threads' timing.
+//     A caller that knows how many blocks it will take sets limit_acquisitions(), and the
+//     worker then loads nothing past the last of them. So the number of loads and allocations
+//     is the same in every run, whatever the threads' timing.
 //
 // Dry run: when the current allocator is in dry-run mode the streamer starts no thread.
 // acquire() then loads synchronously, filling ahead to kept_blocks exactly as far as the worker
@@ -258,9 +258,9 @@ class BlockStreamer {
   // Reports block `index` (of `bytes` device bytes) as released.
   void release(std::int64_t index, std::size_t bytes) noexcept;
   // Hands out at most `count` blocks in all and loads none past the last of them. Call it before
-  // the first acquire(); without it the stream never ends, and the worker loads up to
-  // kept_blocks - 1 blocks ahead that no pass uses. A later acquire() throws std::logic_error.
-  // Throws std::invalid_argument for count < 1.
+  // the first acquire(). Without it the stream never ends, so the worker loads up to
+  // kept_blocks - 1 blocks ahead that no pass uses. An acquire() past the limit throws
+  // std::logic_error. Throws std::invalid_argument for count < 1.
   void limit_acquisitions(std::int64_t count);
 
   bool runs_in_background() const { return worker_.joinable(); }
