@@ -908,8 +908,8 @@ ManagedEditResult MemoryManager::edit(const ModelDirectory& model,
                           format_mib(closest->shortfall_bytes))
             : "");
   }
-  // The need at the smallest size tried shows how much a lower resolution helps; the text
-  // encoder and the reference images do not shrink with the output.
+  // The need at the smallest size tried shows how much a lower resolution helps. The text
+  // encoder's share does not shrink with the output.
   const StrategyPlan* smallest = leanest_plan(last_plans);
   if (smallest != nullptr && last_size != managed_result.requested_size) {
     advice += fmt::format(" At {}x{}, the smallest size tried, {} needs about {}.", last_size.width,

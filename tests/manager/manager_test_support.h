@@ -15,6 +15,7 @@
 #include "io/image.h"
 #include "io/model_directory.h"
 #include "memory/events.h"
+#include "memory/manager.h"
 #include "memory/planner.h"
 #include "memory/strategy.h"
 #include "models/tiny_model.h"
@@ -127,6 +128,25 @@ inline std::vector<std::string> decision_events(const std::vector<memory::Event>
     types.emplace_back(memory::event_type_name(event.type));
   }
   return types;
+}
+
+// A CPU machine whose engine may reserve `capacity` bytes (--memory-limit).
+inline memory::HardwareAssessment machine_with_limit(std::uint64_t capacity) {
+  memory::HardwareAssessment hardware = memory::describe_machine(capacity, capacity);
+  hardware.memory_limit_bytes = capacity;
+  return hardware;
+}
+
+// The resolution_reduction events of `events` as "FROM_WIDTH -> TO_WIDTH", in order.
+inline std::vector<std::string> resolution_reductions(const memory::EventLog& events) {
+  std::vector<std::string> reductions;
+  for (const memory::Event& event : events.events()) {
+    if (event.type == memory::EventType::resolution_reduction) {
+      reductions.push_back(std::to_string(event.fields.at("from_width").get<int>()) + " -> " +
+                           std::to_string(event.fields.at("to_width").get<int>()));
+    }
+  }
+  return reductions;
 }
 
 }  // namespace ethereal::manager_test

@@ -51,13 +51,6 @@ memory::MemoryConfig test_config() {
   return config;
 }
 
-// A CPU machine whose engine may reserve `capacity` bytes (--memory-limit).
-memory::HardwareAssessment machine_with_limit(std::uint64_t capacity) {
-  memory::HardwareAssessment hardware = memory::describe_machine(capacity, capacity);
-  hardware.memory_limit_bytes = capacity;
-  return hardware;
-}
-
 memory::LoadStrategy strategy_named(const std::string& name, bool reduced) {
   const memory::LoadStrategy strategy = memory::parse_strategy(name);
   return reduced ? memory::with_reduced_working_memory(strategy) : strategy;
@@ -243,14 +236,7 @@ TEST(ManagerRecovery, ExhaustsEveryStrategyAtEverySize) {
   EXPECT_EQ(attempt_lines(attempts), expected);
   EXPECT_EQ(faults, 12);
   EXPECT_EQ(allocator.stats().oom_count, 12);
-  std::vector<std::string> reductions;
-  for (const memory::Event& event : events.events()) {
-    if (event.type == memory::EventType::resolution_reduction) {
-      reductions.push_back(std::to_string(event.fields.at("from_width").get<int>()) + " -> " +
-                           std::to_string(event.fields.at("to_width").get<int>()));
-    }
-  }
-  EXPECT_EQ(reductions, (std::vector<std::string>{"512 -> 352"}));
+  EXPECT_EQ(resolution_reductions(events), (std::vector<std::string>{"512 -> 352"}));
   EXPECT_EQ(allocator.stats().allocated_bytes.current, 0) << "live blocks left behind";
   allocator.empty_cache();
   EXPECT_EQ(allocator.stats().reserved_bytes.current, 0);

@@ -17,8 +17,8 @@
 namespace ethereal::manager_test {
 namespace {
 
-// 512x512 halves to 352x352 (sides rounded down to multiples of 16); the next halving would
-// take a side below 256, so 352x352 is the only lower resolution tried.
+// 512x512 halves to 352x352, with sides rounded down to multiples of 16. The next halving
+// would take a side below 256, so 352x352 is the only lower resolution tried.
 constexpr ImageSize kRequested{512, 512};
 constexpr ImageSize kReduced{352, 352};
 // The references' VAE copies shrink with the output: 1024^2 pixels scaled by 352^2 / 512^2.
@@ -42,12 +42,6 @@ memory::MemoryConfig config_with_reduction() {
   config.allow_resolution_reduction = true;
   config.mode = memory::Mode::performance;
   return config;
-}
-
-memory::HardwareAssessment machine_with_limit(std::uint64_t capacity) {
-  memory::HardwareAssessment hardware = memory::describe_machine(capacity, capacity);
-  hardware.memory_limit_bytes = capacity;
-  return hardware;
 }
 
 // The allocated peak of `strategy` with reduced working memory at `size`, with references of
@@ -118,14 +112,7 @@ TEST(ManagerResolution, ComputesAtLowerResolutionAndUpscales) {
   }
   EXPECT_LE(allocator.stats().reserved_bytes.peak, static_cast<std::int64_t>(limit));
 
-  std::vector<std::string> reductions;
-  for (const memory::Event& event : events.events()) {
-    if (event.type == memory::EventType::resolution_reduction) {
-      reductions.push_back(std::to_string(event.fields.at("from_width").get<int>()) + " -> " +
-                           std::to_string(event.fields.at("to_width").get<int>()));
-    }
-  }
-  EXPECT_EQ(reductions, (std::vector<std::string>{"512 -> 352"}));
+  EXPECT_EQ(resolution_reductions(events), (std::vector<std::string>{"512 -> 352"}));
 
   // The same edit run directly at 352x352 with the strategy and working memory that succeeded,
   // then upscaled with Lanczos, gives the same image.
