@@ -3,36 +3,39 @@
 // matmul rate, and the round-trip error of each format.
 //
 // Linear benchmarks: x [M, K] bf16 -> y [M, N] bf16 with a bias, for the transformer's shapes
-// K = N = 3072 and K = 3072, N = 12288, with M = 1, 2, 4, 8, 16, 32, 48 and 64 rows (the
-// direct path) and 1024 and 4096 rows (dequantise + matmul). Each quantised benchmark times its own
-// forward pass and, in the same iteration, the bf16 PackedLinear's on the same shape, and
-// reports vs_bf16 = (its time) / (bf16 time). Interleaving the two keeps the ratio meaningful
-// on a machine whose load changes during the run. The families LinearFp8Panels etc. force the
-// dequantise + matmul path and LinearFp8Direct etc. the direct path at 16 to 256 rows, to
-// compare the two paths around the row limit that picks between them.
+// K = N = 3072 and K = 3072, N = 12288. They run M = 1, 2, 4, 8, 16, 32, 48 and 64 rows (the
+// direct path) and 1024 and 4096 rows (dequantise + matmul). Each quantised benchmark times its
+// own forward pass and, in the same iteration, the bf16 PackedLinear's forward pass on the same
+// shape. It reports vs_bf16 = (its time) / (bf16 time). Interleaving the two keeps the ratio
+// meaningful on a machine whose load changes during the run. The families LinearFp8Panels etc.
+// force the dequantise + matmul path, and LinearFp8Direct etc. force the direct path. They run
+// 16 to 256 rows to compare the two paths around the row limit that picks between them.
 //
-// vs_bf16_cpu is the same ratio in process CPU time (all threads), which on a shared machine
-// is less affected by the CPU share the process gets. OpenMP threads that spin while waiting
-// count as busy, so run with OMP_WAIT_POLICY=passive when comparing CPU time.
+// vs_bf16_cpu is the same ratio in process CPU time (all threads). On a shared machine it is
+// less affected by the CPU share the process gets. OpenMP threads that spin while waiting count
+// as busy, so run with OMP_WAIT_POLICY=passive when comparing CPU time.
 //
-// Below kRotationRows rows the weights would stay in the 32 MiB L3 cache between iterations,
-// so the benchmark cycles through enough copies of the layer (at least 256 MiB of weights) that
-// every call reads its weights from memory, as one denoising step does. It then reports
-// weight_GB/s (weight bytes read per second) and pct_of_bandwidth, its share of the read
-// bandwidth (see the roofline below). On a shared machine the load during the fastest read and
-// during a later benchmark differ, so it also reports pct_of_read: each iteration times, right
-// after the forward pass, a plain streaming read of as many bytes (on all threads, from a separate
-// 256 MiB buffer), and pct_of_read is that read's time over the forward pass's time, in percent.
+// Below kRotationRows rows the weights would stay in the 32 MiB L3 cache between iterations.
+// So these benchmarks cycle through enough copies of the layer (at least 256 MiB of weights)
+// that every call reads its weights from memory, as one denoising step does. They report
+// weight_GB/s (weight bytes read per second) and pct_of_bandwidth, weight_GB/s as a percentage
+// of the read bandwidth (see the roofline below).
 //
-// Roofline: every linear benchmark reports pct_of_roofline = 100 * (lower bound) / (its time),
-// where the lower bound is max(weight bytes / bandwidth, 2 M K N / bf16 rate), and the two
-// references as ref_GB/s and ref_GFLOP/s. The bandwidth is the fastest read of the run so far
-// (StreamingRead's iterations and the reads interleaved with the linear benchmarks), and the
-// bf16 rate the fastest bf16 matmul so far (Bf16MatmulRate, the bf16 PackedLinear at
-// 1024 x 3072 x 3072, and the bf16 forward passes of the linear benchmarks). On a loaded
-// machine this makes the percentages of later benchmarks conservative rather than above 100.
-// Run the two reference benchmarks first (they are registered first) and keep them in any
-// --benchmark_filter.
+// On a shared machine the load during the fastest read differs from the load during a later
+// benchmark, so these benchmarks also report pct_of_read. Right after the forward pass, each
+// iteration times a plain streaming read of the same number of bytes. That read runs on all
+// threads and reads a separate 256 MiB buffer. pct_of_read is the read's time over the forward
+// pass's time, in percent.
+//
+// Roofline: every linear benchmark reports pct_of_roofline = 100 * (lower bound) / (its time).
+// The lower bound is max(weight bytes / bandwidth, 2 M K N / bf16 rate). The benchmark also
+// reports the two references as ref_GB/s and ref_GFLOP/s. The bandwidth is the fastest read of
+// the run so far, from StreamingRead's iterations and the reads interleaved with the linear
+// benchmarks. The bf16 rate is the fastest bf16 matmul so far, from Bf16MatmulRate (the bf16
+// PackedLinear at 1024 x 3072 x 3072) and the bf16 forward passes of the linear benchmarks. On
+// a loaded machine this makes the percentages of later benchmarks conservative rather than
+// above 100. Run the two reference benchmarks first (they are registered first) and keep them
+// in any --benchmark_filter.
 //
 // Suggested command (quote medians):
 //   OMP_WAIT_POLICY=passive ethereal_quant_bench --benchmark_repetitions=5

@@ -11,6 +11,7 @@
 #include "models/qwen2_5_vl/config.h"
 #include "models/qwen2_5_vl/image_processor.h"
 #include "models/qwen2_5_vl/language_model.h"
+#include "models/qwen2_5_vl/language_model_streaming.h"
 #include "models/qwen2_5_vl/positions.h"
 #include "models/qwen2_5_vl/tensor_names.h"
 #include "models/qwen2_5_vl/vision_tower.h"
@@ -98,6 +99,14 @@ struct TextEncoderWeights {
   Qwen25VlLanguageModel language_model;
 };
 
+// A prompt as the language model reads it.
+struct PromptTokens {
+  std::vector<std::int64_t> ids;
+  Tensor positions;  // int64 [3, S]
+  // Leading system-prompt tokens, dropped from the hidden states.
+  std::int64_t drop_tokens = 0;
+};
+
 struct EditPipeline::Components {
   ModelPrecision precision;
   PipelineLoadOptions options;
@@ -109,19 +118,30 @@ struct EditPipeline::Components {
   std::shared_ptr<const ResidencyObserver> observer;
   // Each component with its placement. With the resident placement both VAE entries are one
   // kept full VAE; otherwise the encode stage loads only the encoder and the decode stage only
-  // the decoder.
+  // the decoder. With sequential_offload the text encoder is split instead: its vision tower is
+  // loaded for the image features and released, then the language model's final norm is loaded
+  // while its layers stream.
   std::unique_ptr<ComponentResidency<TextEncoderWeights>> text_encoder;
+  std::unique_ptr<ComponentResidency<Qwen25VlVisionTower>> vision_tower;
+  std::unique_ptr<ComponentResidency<Qwen25VlStreamedLanguageModel>> streamed_language_model;
   std::unique_ptr<ComponentResidency<QwenImageTransformer>> transformer;
   std::shared_ptr<ComponentResidency<QwenImageVae>> vae_encoder;
   std::shared_ptr<ComponentResidency<QwenImageVae>> vae_decoder;
 
   PreparedImage prepare(const Image& input, double reference_pixels) const;
-  Tensor vision_embeddings(const TextEncoderWeights& encoder,
+  Tensor vision_embeddings(const Qwen25VlVisionTower& vision,
                            const std::vector<PreparedImage>& images) const;
+  PromptTokens tokenize_prompt(const std::string& prompt,
+                               const std::vector<PreparedImage>& images) const;
   // Text-encoder hidden states [S_txt, hidden] without the system-prompt tokens.
   Tensor encode_prompt(const TextEncoderWeights& encoder, const std::string& prompt,
                        const std::vector<PreparedImage>& images, const Tensor& vision_embeddings,
                        const Qwen25VlOptions& options) const;
+  // The hidden states of `prompts` (the conditional, then the negative prompt when CFG is on),
+  // each as encode_prompt returns it, with the language model's layers streamed once for all.
+  std::vector<Tensor> encode_prompts_streamed(const std::vector<std::string>& prompts,
+                                              const std::vector<PreparedImage>& images,
+                                              const Qwen25VlOptions& options) const;
   Tensor read_initial_noise(const std::filesystem::path& path, const Shape& shape) const;
 };
 
@@ -172,6 +192,8 @@ struct ComponentSources {
   // sequential_offload: the transformer checkpoint, kept open, and where its blocks stream from.
   std::shared_ptr<const SafetensorsCheckpoint> transformer_checkpoint;
   std::shared_ptr<TransformerBlockSource> block_source;
+  // sequential_offload: where the text encoder's language-model layers stream from.
+  std::shared_ptr<Qwen25VlLayerSource> text_layer_source;
 
   TextEncoderWeights load_text_encoder() const {
     const SafetensorsCheckpoint checkpoint = model.open_weights(ModelComponent::text_encoder);
@@ -183,6 +205,30 @@ struct ComponentSources {
     };
     loader.finish();
     return encoder;
+  }
+
+  // The vision tower alone, viewed in the checkpoint's mapping like a whole text encoder.
+  Qwen25VlVisionTower load_vision_tower() const {
+    const SafetensorsCheckpoint checkpoint = model.open_weights(ModelComponent::text_encoder);
+    WeightLoader loader(checkpoint, qwen25vl_tensor_name_map(detect_qwen25vl_layout(checkpoint)),
+                        "text encoder", text_encoder_weights);
+    return Qwen25VlVisionTower::load(loader, text_config.vision, precision);
+  }
+
+  // The final norm; the layers stream from text_layer_source during forward.
+  Qwen25VlStreamedLanguageModel load_streamed_language_model() const {
+    Qwen25VlLayerStreamingOptions streaming;
+    streaming.kept_layers = kept_blocks;
+    streaming.observer = observer;
+    return Qwen25VlStreamedLanguageModel::load(text_layer_source, streaming);
+  }
+
+  // Opens the text encoder checkpoint for streaming its layers and embedding rows.
+  void prepare_text_streaming() {
+    text_layer_source =
+        std::make_shared<Qwen25VlLayerSource>(std::make_shared<const SafetensorsCheckpoint>(
+                                                  model.open_weights(ModelComponent::text_encoder)),
+                                              text_encoder_weights, text_config, precision);
   }
 
   QwenImageTransformer load_transformer() const {
@@ -309,14 +355,22 @@ EditPipeline EditPipeline::load(const ModelDirectory& model, const PipelineLoadO
     check_in_dry_run([&] { return sources->load_transformer(); });
     check_in_dry_run([&] { return sources->load_vae({}); });
   }
-  c->text_encoder = std::make_unique<ComponentResidency<TextEncoderWeights>>(
-      "text_encoder", [sources] { return sources->load_text_encoder(); }, resident, c->observer);
   if (options.placement == Placement::sequential_offload) {
+    sources->prepare_text_streaming();
+    c->vision_tower = std::make_unique<ComponentResidency<Qwen25VlVisionTower>>(
+        "text_encoder_vision", [sources] { return sources->load_vision_tower(); },
+        /*keep_loaded=*/false, c->observer);
+    c->streamed_language_model =
+        std::make_unique<ComponentResidency<Qwen25VlStreamedLanguageModel>>(
+            "text_encoder", [sources] { return sources->load_streamed_language_model(); },
+            /*keep_loaded=*/false, c->observer);
     sources->prepare_streaming(options);
     c->transformer = std::make_unique<ComponentResidency<QwenImageTransformer>>(
         "transformer", [sources] { return sources->load_streamed_transformer(); },
         /*keep_loaded=*/false, c->observer);
   } else {
+    c->text_encoder = std::make_unique<ComponentResidency<TextEncoderWeights>>(
+        "text_encoder", [sources] { return sources->load_text_encoder(); }, resident, c->observer);
     c->transformer = std::make_unique<ComponentResidency<QwenImageTransformer>>(
         "transformer", [sources] { return sources->load_transformer(); }, resident, c->observer);
   }
@@ -350,7 +404,7 @@ PreparedImage EditPipeline::Components::prepare(const Image& input, double refer
   return prepared;
 }
 
-Tensor EditPipeline::Components::vision_embeddings(const TextEncoderWeights& encoder,
+Tensor EditPipeline::Components::vision_embeddings(const Qwen25VlVisionTower& vision,
                                                    const std::vector<PreparedImage>& images) const {
   std::vector<Tensor> rows;
   std::vector<ImageGrid> grids;
@@ -358,14 +412,11 @@ Tensor EditPipeline::Components::vision_embeddings(const TextEncoderWeights& enc
     rows.push_back(image.vision.pixel_rows);
     grids.push_back(image.vision.grid);
   }
-  return encoder.vision.forward(cpu::concat(rows, 0), grids);
+  return vision.forward(cpu::concat(rows, 0), grids);
 }
 
-Tensor EditPipeline::Components::encode_prompt(const TextEncoderWeights& encoder,
-                                               const std::string& prompt,
-                                               const std::vector<PreparedImage>& images,
-                                               const Tensor& vision_embeds,
-                                               const Qwen25VlOptions& options) const {
+PromptTokens EditPipeline::Components::tokenize_prompt(
+    const std::string& prompt, const std::vector<PreparedImage>& images) const {
   std::vector<std::int64_t> counts;
   std::vector<ImageGrid> grids;
   for (const PreparedImage& image : images) {
@@ -373,12 +424,58 @@ Tensor EditPipeline::Components::encode_prompt(const TextEncoderWeights& encoder
     grids.push_back(image.vision.grid);
   }
   const EncodedPrompt encoded = encode_edit_prompt(*tokenizer, prompt, counts);
-  const std::vector<std::int64_t> ids(encoded.input_ids.begin(), encoded.input_ids.end());
-  const Tensor positions = mrope_position_ids(ids, grids, text_config);
-  // [S, hidden] -> [S - drop, hidden]
+  PromptTokens tokens;
+  tokens.ids.assign(encoded.input_ids.begin(), encoded.input_ids.end());
+  tokens.positions = mrope_position_ids(tokens.ids, grids, text_config);
+  tokens.drop_tokens = encoded.drop_tokens;
+  return tokens;
+}
+
+namespace {
+
+// [S, hidden] -> [S - drop, hidden]
+Tensor drop_system_prompt(const Tensor& hidden, std::int64_t drop_tokens) {
+  return hidden.narrow(0, drop_tokens, hidden.size(0) - drop_tokens).contiguous();
+}
+
+}  // namespace
+
+Tensor EditPipeline::Components::encode_prompt(const TextEncoderWeights& encoder,
+                                               const std::string& prompt,
+                                               const std::vector<PreparedImage>& images,
+                                               const Tensor& vision_embeds,
+                                               const Qwen25VlOptions& options) const {
+  const PromptTokens tokens = tokenize_prompt(prompt, images);
   const Tensor hidden = encoder.language_model.forward(
-      encoder.language_model.embed(ids, vision_embeds), positions, options);
-  return hidden.narrow(0, encoded.drop_tokens, hidden.size(0) - encoded.drop_tokens).contiguous();
+      encoder.language_model.embed(tokens.ids, vision_embeds), tokens.positions, options);
+  return drop_system_prompt(hidden, tokens.drop_tokens);
+}
+
+std::vector<Tensor> EditPipeline::Components::encode_prompts_streamed(
+    const std::vector<std::string>& prompts, const std::vector<PreparedImage>& images,
+    const Qwen25VlOptions& options) const {
+  Tensor vision_embeds;
+  {
+    const ResidentHandle<Qwen25VlVisionTower> vision = vision_tower->acquire();
+    vision_embeds = vision_embeddings(*vision, images);
+  }
+  const ResidentHandle<Qwen25VlStreamedLanguageModel> language_model =
+      streamed_language_model->acquire();
+  std::vector<PromptTokens> tokens;
+  std::vector<Tensor> inputs_embeds;
+  std::vector<Tensor> positions;
+  for (const std::string& prompt : prompts) {
+    tokens.push_back(tokenize_prompt(prompt, images));
+    inputs_embeds.push_back(language_model->embed(tokens.back().ids, vision_embeds));
+    positions.push_back(tokens.back().positions);
+  }
+  vision_embeds = Tensor();
+  std::vector<Tensor> hidden = language_model->forward(inputs_embeds, positions, options);
+  inputs_embeds.clear();
+  for (std::size_t k = 0; k < hidden.size(); ++k) {
+    hidden[k] = drop_system_prompt(hidden[k], tokens[k].drop_tokens);
+  }
+  return hidden;
 }
 
 Tensor EditPipeline::Components::read_initial_noise(const std::filesystem::path& path,
@@ -473,9 +570,19 @@ EditResult EditPipeline::run(const EditRequest& request, const EditMemoryOptions
   const bool use_cfg = request.cfg_scale > 1.0;
   Tensor cond_text;
   Tensor uncond_text;
-  {
+  if (c.streamed_language_model) {
+    std::vector<std::string> prompts = {request.prompt};
+    if (use_cfg) {
+      prompts.push_back(request.negative_prompt);
+    }
+    std::vector<Tensor> hidden = c.encode_prompts_streamed(prompts, images, text_options);
+    cond_text = std::move(hidden.front());
+    if (use_cfg) {
+      uncond_text = std::move(hidden.back());
+    }
+  } else {
     const ResidentHandle<TextEncoderWeights> encoder = c.text_encoder->acquire();
-    const Tensor vision_embeds = c.vision_embeddings(*encoder, images);
+    const Tensor vision_embeds = c.vision_embeddings(encoder->vision, images);
     cond_text = c.encode_prompt(*encoder, request.prompt, images, vision_embeds, text_options);
     if (use_cfg) {
       uncond_text =

@@ -56,7 +56,7 @@ struct EditRequest {
 enum class Placement : std::uint8_t {
   resident,            // every component loaded once and kept
   model_offload,       // one component at a time, in pipeline order
-  sequential_offload,  // transformer blocks streamed from the checkpoint, a few kept at once
+  sequential_offload,  // transformer blocks and text-encoder layers streamed, a few kept at once
 };
 
 // "resident", "model_offload", "sequential_offload".
@@ -77,10 +77,12 @@ struct PipelineLoadOptions {
   // the start of each stage that uses it and released at its end (text encoder, VAE for the
   // references, transformer, VAE again for the output). sequential_offload: the same, except
   // that the transformer's blocks are streamed from the checkpoint during denoising, with only
-  // the top-level weights loaded for the whole stage. docs/placement.md has the details.
+  // the top-level weights loaded for the whole stage, and that the text encoder's vision tower
+  // is loaded and released before its language-model layers stream. docs/placement.md has the
+  // details.
   Placement placement = Placement::resident;
-  // Transformer blocks kept loaded at once with sequential_offload (at least 1; 2 lets the next
-  // block load while one runs).
+  // Transformer blocks, and text-encoder layers, kept loaded at once with sequential_offload (at
+  // least 1; 2 lets the next block or layer load while one runs).
   int kept_blocks = 2;
   // Where sequential_offload streams the blocks from: the checkpoint, or a cache file of the
   // blocks in their device format (transformer_block_cache.h). The automatic policy uses the

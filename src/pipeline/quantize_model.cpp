@@ -136,11 +136,21 @@ struct LayerPlan {
 };
 
 // Quantises layers for the entries that write their parts, keeping the last layer's result so
-// that consecutive parts of one layer quantise it once.
+// that consecutive parts of one layer quantise it once. The writer orders the f32 scale parts of
+// all layers before their 1-byte parts, so a layer's scales are needed before its values, with
+// the other layers' scales in between. Scale parts therefore call compute_scales(), which
+// encodes no value, and each layer is quantised once, when its values are written.
 class LayerQuantizer {
  public:
-  const quant::QuantizedWeight& weight(const LayerPlan& plan) {
-    if (current_ == &plan) {
+  // The layer quantised: scales and values.
+  const quant::QuantizedWeight& weight(const LayerPlan& plan) { return result(plan, true); }
+
+  // The layer's scales. `values` is undefined unless the last call quantised this layer.
+  const quant::QuantizedWeight& scales(const LayerPlan& plan) { return result(plan, false); }
+
+ private:
+  const quant::QuantizedWeight& result(const LayerPlan& plan, bool with_values) {
+    if (current_ == &plan && (has_values_ || !with_values)) {
       return weight_;
     }
     current_ = nullptr;
@@ -150,15 +160,17 @@ class LayerQuantizer {
     options.fp8_scales = quant::ScaleGranularity::per_tensor;
     {
       const Tensor source = quant::decode_stored_weight(*plan.checkpoint, plan.stored, DType::f32);
-      weight_ = quant::quantize(source, plan.format, options);
+      weight_ = with_values ? quant::quantize(source, plan.format, options)
+                            : quant::compute_scales(source, plan.format, options);
     }
     release_pages(*plan.checkpoint, plan.stored.weight_tensor);
     current_ = &plan;
+    has_values_ = with_values;
     return weight_;
   }
 
- private:
   const LayerPlan* current_ = nullptr;
+  bool has_values_ = false;
   quant::QuantizedWeight weight_;
 };
 
@@ -168,15 +180,19 @@ void add_quantized_entries(const std::shared_ptr<const LayerPlan>& plan,
                            std::vector<SafetensorsEntry>& entries) {
   const std::int64_t out = plan->stored.out_features;
   const std::int64_t in = plan->stored.in_features;
+  // The "weight" part (the values) quantises the layer. Every other part needs only the scales,
+  // which it takes from the quantised layer when the values were just written.
   const auto part = [&](std::string_view suffix, DType dtype, Shape shape,
                         std::function<void(TensorDataSink&, const quant::QuantizedWeight&)> write) {
     SafetensorsEntry entry;
-    entry.name = suffix == "weight" ? plan->stored.weight_tensor
-                                    : plan->file_module + "." + std::string(suffix);
+    const bool writes_values = suffix == "weight";
+    entry.name =
+        writes_values ? plan->stored.weight_tensor : plan->file_module + "." + std::string(suffix);
     entry.dtype = dtype;
     entry.shape = std::move(shape);
-    entry.write_data = [plan, quantizer, write = std::move(write)](TensorDataSink& sink) {
-      write(sink, quantizer->weight(*plan));
+    entry.write_data = [plan, quantizer, writes_values,
+                        write = std::move(write)](TensorDataSink& sink) {
+      write(sink, writes_values ? quantizer->weight(*plan) : quantizer->scales(*plan));
     };
     entries.push_back(std::move(entry));
   };

@@ -7,7 +7,10 @@
 // Register kernel (1 to 8 rows, except nf4 whose in_features is not a multiple of 128): tiles
 // of 8 channels for 1 row, 4 for 2 rows and for 3 or 4 rows of fp8 and int8, else 2. The
 // weights are decoded in registers, 64 (fp8, int8) or 128 (nf4) at a time, and multiplied with
-// every row right away into rows x channels accumulators.
+// every row right away. With 3 to 8 rows the channels of a tile advance together, into rows x
+// channels accumulators. With 1 and 2 rows they are taken one after another, so that each
+// thread reads one sequential stream of codes. On the 2-core Zen 5 VM of
+// docs/benchmarks/quant.md, this cut the time of fp8 at 1 row by about 20%.
 //
 // Buffered kernel (9 rows or more, and nf4 whose in_features is not a multiple of 128): tiles
 // of 4 channels. Up to 3072 columns of the tile are decoded once into a bf16 buffer on the

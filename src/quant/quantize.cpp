@@ -3,11 +3,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <array>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <vector>
 
+#include "quant/encoders.h"
 #include "quant/weight_decoder.h"
 #include "runtime/allocator.h"
 #include "runtime/error.h"
@@ -43,13 +45,44 @@ Tensor contiguous_weight(const Tensor& weight, QuantFormat format) {
   return weight.contiguous();
 }
 
+// Converts bf16 bits to f32 and returns false when one of them is not finite.
+bool read_bf16(const std::uint16_t* in, std::int64_t count, float* out) {
+  std::uint32_t nonfinite = 0;
+  for (std::int64_t i = 0; i < count; ++i) {
+    out[i] = std::bit_cast<float>(static_cast<std::uint32_t>(in[i]) << 16);
+    nonfinite |= (in[i] & 0x7F80u) == 0x7F80u ? 1u : 0u;
+  }
+  return nonfinite == 0;
+}
+
+// Copies f32 values and returns false when one of them is not finite.
+bool read_f32(const float* in, std::int64_t count, float* out) {
+  std::uint32_t nonfinite = 0;
+  for (std::int64_t i = 0; i < count; ++i) {
+    out[i] = in[i];
+    nonfinite |= (std::bit_cast<std::uint32_t>(in[i]) & 0x7F800000u) == 0x7F800000u ? 1u : 0u;
+  }
+  return nonfinite == 0;
+}
+
 // Reads `count` elements of a contiguous weight from flat index `first` as f32 and throws
 // InvalidInputError naming the first one that is not finite.
 void read_finite(const Tensor& source, QuantFormat format, std::int64_t first, std::int64_t count,
                  float* out) {
-  const auto* base = static_cast<const std::uint8_t*>(source.data());
-  convert_elements(base + dtype_bytes(source.dtype(), static_cast<std::size_t>(first)),
-                   source.dtype(), out, DType::f32, static_cast<std::size_t>(count));
+  const auto* element = static_cast<const std::uint8_t*>(source.data()) +
+                        dtype_bytes(source.dtype(), static_cast<std::size_t>(first));
+  bool finite = true;
+  if (source.dtype() == DType::bf16) {
+    finite = read_bf16(reinterpret_cast<const std::uint16_t*>(element), count, out);
+  } else if (source.dtype() == DType::f32) {
+    finite = read_f32(reinterpret_cast<const float*>(element), count, out);
+  } else {
+    convert_elements(element, source.dtype(), out, DType::f32, static_cast<std::size_t>(count));
+    finite = std::all_of(out, out + count, [](float value) { return std::isfinite(value); });
+  }
+  if (finite) {
+    return;
+  }
   for (std::int64_t i = 0; i < count; ++i) {
     if (!std::isfinite(out[i])) {
       const std::int64_t index = first + i;
@@ -77,12 +110,14 @@ void for_each_row(const Tensor& source, QuantFormat format,
   });
 }
 
+// The largest |value| of finite values. For finite floats the order of the magnitudes is the
+// order of their bit patterns as unsigned integers, and an integer max loop vectorises.
 float max_abs(const float* values, std::int64_t count) {
-  float result = 0.0f;
+  std::uint32_t largest = 0;
   for (std::int64_t i = 0; i < count; ++i) {
-    result = std::max(result, std::fabs(values[i]));
+    largest = std::max(largest, std::bit_cast<std::uint32_t>(values[i]) & 0x7FFFFFFFu);
   }
-  return result;
+  return std::bit_cast<float>(largest);
 }
 
 // amax / limit, or 1 for an all-zero range so that decoding never divides by zero.
@@ -90,32 +125,60 @@ float scale_for(float amax, float limit) {
   return amax > 0.0f ? amax / limit : 1.0f;
 }
 
-QuantizedWeight empty_weight(QuantFormat format, const Tensor& source) {
+// The scale of one row (int8, and fp8 per channel).
+float channel_scale(const float* row, std::int64_t cols, float limit) {
+  return scale_for(max_abs(row, cols), limit);
+}
+
+// The one fp8 scale of a weight with per-tensor scales.
+float fp8_tensor_scale(const Tensor& source) {
+  std::vector<float> row_amax(static_cast<std::size_t>(source.size(0)));
+  for_each_row(source, QuantFormat::fp8_e4m3, [&](std::int64_t n, const float* row) {
+    row_amax[static_cast<std::size_t>(n)] = max_abs(row, source.size(1));
+  });
+  return scale_for(*std::max_element(row_amax.begin(), row_amax.end()), kFp8Max);
+}
+
+// The tensors of a quantised `source`, unfilled, in the order quantize() allocates them. The
+// values tensor is left undefined unless `with_values`; nf4 also returns its temporary block
+// absmax tensor.
+QuantizedWeight allocate_parts(const Tensor& source, QuantFormat format,
+                               ScaleGranularity fp8_scales, bool with_values,
+                               Tensor* nf4_absmax = nullptr) {
   QuantizedWeight q;
   q.format = format;
   q.out_features = source.size(0);
   q.in_features = source.size(1);
+  const Shape shape = {q.out_features, q.in_features};
+  switch (format) {
+    case QuantFormat::fp8_e4m3:
+      if (with_values) {
+        q.values = Tensor::empty(shape, DType::fp8_e4m3);
+      }
+      q.scales = Tensor::empty(
+          {fp8_scales == ScaleGranularity::per_tensor ? std::int64_t{1} : q.out_features},
+          DType::f32);
+      break;
+    case QuantFormat::int8:
+      if (with_values) {
+        q.values = Tensor::empty(shape, DType::int8);
+      }
+      q.scales = Tensor::empty({q.out_features}, DType::f32);
+      break;
+    case QuantFormat::nf4: {
+      const std::int64_t blocks = q.nf4_block_count();
+      const std::int64_t groups = (blocks + kNf4AbsmaxGroupSize - 1) / kNf4AbsmaxGroupSize;
+      if (with_values) {
+        q.values = Tensor::empty(shape, DType::packed4);
+      }
+      q.nf4.absmax_codes = Tensor::empty({blocks}, DType::uint8);
+      q.nf4.group_scales = Tensor::empty({groups}, DType::f32);
+      q.nf4.code_map = Tensor::empty({256}, DType::f32);
+      *nf4_absmax = Tensor::empty({blocks}, DType::f32);
+      break;
+    }
+  }
   return q;
-}
-
-// Midpoints between consecutive nf4 code values: a value above midpoint j rounds to code j + 1.
-constexpr std::array<float, 15> nf4_midpoints() {
-  std::array<float, 15> result{};
-  for (std::size_t j = 0; j < result.size(); ++j) {
-    result[j] = (kNf4Codebook[j] + kNf4Codebook[j + 1]) / 2.0f;
-  }
-  return result;
-}
-
-// Returns the nearest nf4 code of `normalised`, a weight divided by its block absmax. A tie goes
-// to the lower code, and a value outside [-1, 1] to the end code on its side.
-int nearest_nf4_code(float normalised) {
-  static constexpr std::array<float, 15> kMidpoints = nf4_midpoints();
-  int code = 0;
-  for (float midpoint : kMidpoints) {
-    code += normalised > midpoint ? 1 : 0;
-  }
-  return code;
 }
 
 // First level of nf4: the absmax of every 64-element block, in flat order.
@@ -166,6 +229,32 @@ void quantize_block_absmax(const float* absmax, std::int64_t blocks, Nf4BlockSca
   });
 }
 
+// Fills the scales of `q` from `source`: both levels of nf4 (`absmax` is the temporary of
+// allocate_parts), the fp8 scale of the tensor or the scale of every row.
+void fill_scales(const Tensor& source, QuantizedWeight& q, const Tensor& absmax) {
+  float* scales = q.scales.defined() ? q.scales.data_as<float>() : nullptr;
+  switch (q.format) {
+    case QuantFormat::fp8_e4m3:
+      if (q.scales.numel() == 1) {
+        scales[0] = fp8_tensor_scale(source);
+        return;
+      }
+      for_each_row(source, q.format, [&](std::int64_t n, const float* row) {
+        scales[n] = channel_scale(row, q.in_features, kFp8Max);
+      });
+      return;
+    case QuantFormat::int8:
+      for_each_row(source, q.format, [&](std::int64_t n, const float* row) {
+        scales[n] = channel_scale(row, q.in_features, kInt8Max);
+      });
+      return;
+    case QuantFormat::nf4:
+      compute_block_absmax(source, q.nf4_block_count(), absmax.data_as<float>());
+      quantize_block_absmax(absmax.data_as<float>(), q.nf4_block_count(), q.nf4);
+      return;
+  }
+}
+
 // Writes the 4-bit codes of every block, normalising by the decoded block absmax.
 void encode_nf4_values(const Tensor& source, const QuantizedWeight& q) {
   const detail::WeightView view(q);
@@ -178,17 +267,18 @@ void encode_nf4_values(const Tensor& source, const QuantizedWeight& q) {
       const std::int64_t count = std::min(kNf4BlockSize, numel - first);
       read_finite(source, QuantFormat::nf4, first, count, values);
       const float absmax = view.block_absmax(b);
-      // A decoded absmax that is not positive only happens for (nearly) all-zero blocks.
-      const bool usable = absmax > 0.0f && std::isfinite(absmax);
       // Blocks hold an even number of elements, so no two blocks share a byte.
-      for (std::int64_t i = 0; i < count; i += 2) {
-        // Code 7 is 0.0; the nibble after the last element of an odd-sized weight stays 0.
-        int codes[2] = {0, 0};
-        for (std::int64_t j = 0; j < 2 && i + j < count; ++j) {
-          codes[j] = usable ? nearest_nf4_code(values[i + j] / absmax) : 7;
+      std::uint8_t* out = packed + first / 2;
+      // A decoded absmax that is not positive only happens for (nearly) all-zero blocks. Their
+      // codes are 7 (0.0); the nibble after the last element of an odd-sized weight stays 0.
+      if (!(absmax > 0.0f && std::isfinite(absmax))) {
+        std::fill(out, out + count / 2, std::uint8_t{0x77});
+        if (count % 2 != 0) {
+          out[count / 2] = 0x07;
         }
-        packed[(first + i) / 2] = static_cast<std::uint8_t>(codes[0] | (codes[1] << 4));
+        continue;
       }
+      encode_nf4(values, count, absmax, out);
     }
   });
 }
@@ -204,45 +294,47 @@ QuantizedWeight quantize(const Tensor& weight, QuantFormat format, const Quantiz
   throw Error("quantize: unknown quantisation format");
 }
 
+QuantizedWeight compute_scales(const Tensor& weight, QuantFormat format,
+                               const QuantizeOptions& options) {
+  const Tensor source = contiguous_weight(weight, format);
+  Tensor absmax;
+  QuantizedWeight q = allocate_parts(source, format, options.fp8_scales, false, &absmax);
+  if (!skip_compute(source)) {
+    fill_scales(source, q, absmax);
+  }
+  return q;
+}
+
 QuantizedWeight quantize_fp8_e4m3(const Tensor& weight, ScaleGranularity granularity) {
   const Tensor source = contiguous_weight(weight, QuantFormat::fp8_e4m3);
-  QuantizedWeight q = empty_weight(QuantFormat::fp8_e4m3, source);
-  const bool per_tensor = granularity == ScaleGranularity::per_tensor;
-  q.values = Tensor::empty({q.out_features, q.in_features}, DType::fp8_e4m3);
-  q.scales = Tensor::empty({per_tensor ? 1 : q.out_features}, DType::f32);
+  QuantizedWeight q = allocate_parts(source, QuantFormat::fp8_e4m3, granularity, true);
   if (skip_compute(source)) {
     return q;
   }
 
+  // Per tensor, the scale needs a pass over the whole weight first. Per channel, each row's
+  // scale and codes come from one read of the row.
+  const bool per_tensor = granularity == ScaleGranularity::per_tensor;
   float* scales = q.scales.data_as<float>();
-  std::vector<float> row_amax(static_cast<std::size_t>(q.out_features));
-  for_each_row(source, q.format, [&](std::int64_t n, const float* row) {
-    row_amax[static_cast<std::size_t>(n)] = max_abs(row, q.in_features);
-  });
   if (per_tensor) {
-    scales[0] = scale_for(*std::max_element(row_amax.begin(), row_amax.end()), kFp8Max);
-  } else {
-    for (std::int64_t n = 0; n < q.out_features; ++n) {
-      scales[n] = scale_for(row_amax[static_cast<std::size_t>(n)], kFp8Max);
-    }
+    scales[0] = fp8_tensor_scale(source);
   }
-
   auto* values = q.values.data_as<std::uint8_t>();
   for_each_row(source, q.format, [&](std::int64_t n, const float* row) {
-    const float scale = per_tensor ? scales[0] : scales[n];
-    std::uint8_t* out = values + n * q.in_features;
-    for (std::int64_t k = 0; k < q.in_features; ++k) {
-      out[k] = f32_to_fp8_e4m3(row[k] / scale);  // saturates at +-448
+    if (!per_tensor) {
+      scales[n] = channel_scale(row, q.in_features, kFp8Max);
     }
+    // Saturates at +-448.
+    encode_fp8_e4m3(row, q.in_features, per_tensor ? scales[0] : scales[n],
+                    values + n * q.in_features);
   });
   return q;
 }
 
 QuantizedWeight quantize_int8(const Tensor& weight) {
   const Tensor source = contiguous_weight(weight, QuantFormat::int8);
-  QuantizedWeight q = empty_weight(QuantFormat::int8, source);
-  q.values = Tensor::empty({q.out_features, q.in_features}, DType::int8);
-  q.scales = Tensor::empty({q.out_features}, DType::f32);
+  QuantizedWeight q =
+      allocate_parts(source, QuantFormat::int8, ScaleGranularity::per_channel, true);
   if (skip_compute(source)) {
     return q;
   }
@@ -250,33 +342,22 @@ QuantizedWeight quantize_int8(const Tensor& weight) {
   float* scales = q.scales.data_as<float>();
   auto* values = q.values.data_as<std::int8_t>();
   for_each_row(source, q.format, [&](std::int64_t n, const float* row) {
-    const float scale = scale_for(max_abs(row, q.in_features), kInt8Max);
-    scales[n] = scale;
-    std::int8_t* out = values + n * q.in_features;
-    for (std::int64_t k = 0; k < q.in_features; ++k) {
-      const float rounded = std::nearbyint(row[k] / scale);
-      out[k] = static_cast<std::int8_t>(std::clamp(rounded, -kInt8Max, kInt8Max));
-    }
+    scales[n] = channel_scale(row, q.in_features, kInt8Max);
+    encode_int8(row, q.in_features, scales[n], values + n * q.in_features);
   });
   return q;
 }
 
 QuantizedWeight quantize_nf4(const Tensor& weight) {
   const Tensor source = contiguous_weight(weight, QuantFormat::nf4);
-  QuantizedWeight q = empty_weight(QuantFormat::nf4, source);
-  const std::int64_t blocks = q.nf4_block_count();
-  const std::int64_t groups = (blocks + kNf4AbsmaxGroupSize - 1) / kNf4AbsmaxGroupSize;
-  q.values = Tensor::empty({q.out_features, q.in_features}, DType::packed4);
-  q.nf4.absmax_codes = Tensor::empty({blocks}, DType::uint8);
-  q.nf4.group_scales = Tensor::empty({groups}, DType::f32);
-  q.nf4.code_map = Tensor::empty({256}, DType::f32);
-  const Tensor absmax = Tensor::empty({blocks}, DType::f32);
+  Tensor absmax;
+  QuantizedWeight q =
+      allocate_parts(source, QuantFormat::nf4, ScaleGranularity::per_channel, true, &absmax);
   if (skip_compute(source)) {
     return q;
   }
 
-  compute_block_absmax(source, blocks, absmax.data_as<float>());
-  quantize_block_absmax(absmax.data_as<float>(), blocks, q.nf4);
+  fill_scales(source, q, absmax);
   encode_nf4_values(source, q);
   return q;
 }

@@ -29,6 +29,14 @@ QuantizedWeight quantize_fp8_e4m3(const Tensor& weight, ScaleGranularity granula
 QuantizedWeight quantize_int8(const Tensor& weight);
 QuantizedWeight quantize_nf4(const Tensor& weight);
 
+// The scales of quantize(weight, format, options) without its values, for writers that need
+// the scales first: fp8 and int8 `scales`, or every part of nf4's `nf4` (absmax codes
+// included), with the same bytes as quantize() gives. `values` stays undefined, so the result
+// is not a valid QuantizedWeight. It reads the weight once and encodes no value. Throws like
+// quantize().
+QuantizedWeight compute_scales(const Tensor& weight, QuantFormat format,
+                               const QuantizeOptions& options = {});
+
 // W [out_features, in_features] in `dtype` (f32 or bf16; bf16 rounds the f32 value to nearest
 // even, which is what the quantised linear kernels compute with).
 Tensor dequantize(const QuantizedWeight& weight, DType dtype = DType::f32);

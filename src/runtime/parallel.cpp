@@ -66,7 +66,9 @@ void parallel_for(std::int64_t begin, std::int64_t end, std::int64_t grain,
   }
   grain = std::max<std::int64_t>(grain, 1);
   const std::int64_t range = end - begin;
-  const int threads = thread_count();
+  // omp_get_max_threads() is the calling thread's own setting, so a thread that called
+  // omp_set_num_threads(1), such as a block streamer's worker, runs its loops inline.
+  const int threads = std::min(thread_count(), omp_get_max_threads());
   const std::int64_t max_chunks = (range + grain - 1) / grain;
   if (threads <= 1 || max_chunks <= 1 || omp_in_parallel()) {
     fn(begin, end);

@@ -16,8 +16,12 @@ void set_thread_count(int n);
 int thread_count();
 
 // Splits [begin, end) into chunks of at least `grain` items and runs `fn(chunk_begin,
-// chunk_end)` on the pool. Runs inline when the range is one chunk, when called from inside a
-// parallel region, or when only one thread is configured.
+// chunk_end)` on the pool. Uses at most min(thread_count(), omp_get_max_threads()) threads.
+// Runs inline when the range is one chunk, when called from inside a parallel region, or when
+// that minimum is 1.
+// NOTE: OpenMP keeps omp_get_max_threads() per thread, and set_thread_count() sets it only for
+// the calling thread. On other threads the OpenMP default caps thread_count(): OMP_NUM_THREADS,
+// else (in GCC's libgomp) the number of CPUs in the affinity mask.
 void parallel_for(std::int64_t begin, std::int64_t end, std::int64_t grain,
                   const std::function<void(std::int64_t, std::int64_t)>& fn);
 

@@ -73,7 +73,8 @@ std::string_view residency_event_kind_name(ResidencyEventKind kind);
 
 struct ResidencyEvent {
   ResidencyEventKind kind = ResidencyEventKind::onload_start;
-  // "text_encoder", "transformer", "vae", or the group of a block ("transformer_block").
+  // A component ("text_encoder", "text_encoder_vision", "transformer", "vae") or the group of
+  // a block ("transformer_block", "text_encoder_layer").
   std::string group;
   // Block index, or -1 for a whole component.
   std::int64_t index = -1;

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,16 +17,10 @@
 #include "memory/manager.h"
 #include "runtime/allocator.h"
 #include "runtime/error.h"
+#include "support/errors.h"
 
 namespace ethereal::manager_test {
 namespace {
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 // Options for the tiny model with logs and history in `folder`.
 BackendOptions options_in(const TemporaryDirectory& folder) {
@@ -49,19 +42,14 @@ BackendEditOptions small_edit_options() {
 
 // The message of the InvalidInputError that constructing a backend with `options` throws.
 std::string construction_error(const BackendOptions& options) {
-  try {
-    EnhancedImageEditBackend backend(options);
-  } catch (const InvalidInputError& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "the backend accepted the options";
-  return {};
+  return test_support::error_message([&] { EnhancedImageEditBackend backend(options); });
 }
 
 TEST(BackendConfig, UnknownYamlKeyNamesKeyAndFile) {
   TemporaryDirectory folder;
   const fs::path config = folder / "memory.yaml";
-  std::ofstream(config) << "memory_management:\n  fallback_enabled: true\n  fallback_retries: 2\n";
+  test_support::write_file(config,
+                           "memory_management:\n  fallback_enabled: true\n  fallback_retries: 2\n");
   BackendOptions options = options_in(folder);
   options.config_file = config;
 
@@ -99,12 +87,14 @@ TEST(BackendEdit, WritesLogEventsAndTimeline) {
   const ScopedAllocator scope(allocator);
   EnhancedImageEditBackend backend(options_in(folder));
 
-  const BackendEditResult edited = backend.edit(
-      "make the sky green", std::vector<Image>{gradient_image()}, small_edit_options());
+  const BackendEditResult edited =
+      backend.edit("make the sky green",
+                   std::vector<Image>{test_support::gradient_image(kInputWidth, kInputHeight)},
+                   small_edit_options());
 
   EXPECT_EQ(edited.image.width(), 128);
   EXPECT_EQ(edited.image.height(), 128);
-  const std::string markdown = read_text(edited.markdown_path);
+  const std::string markdown = test_support::read_file(edited.markdown_path);
   EXPECT_NE(markdown.find("## Memory Management Log Entry"), std::string::npos);
   EXPECT_NE(markdown.find(edited.report.strategy.name), std::string::npos);
 
@@ -120,7 +110,7 @@ TEST(BackendEdit, WritesLogEventsAndTimeline) {
   EXPECT_GE(std::count(types.begin(), types.end(), "stage_peak"), 4);
 
   EXPECT_FALSE(edited.report.samples.empty()) << "profiling is on by default";
-  const std::string svg = read_text(edited.timeline_path);
+  const std::string svg = test_support::read_file(edited.timeline_path);
   EXPECT_NE(svg.find("<svg"), std::string::npos);
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
 
@@ -155,7 +145,9 @@ TEST(BackendEdit, NothingFitsRaisesExhaustedAndLogsFailure) {
   EnhancedImageEditBackend backend(options);
 
   try {
-    backend.edit("make the sky green", std::vector<Image>{gradient_image()}, small_edit_options());
+    backend.edit("make the sky green",
+                 std::vector<Image>{test_support::gradient_image(kInputWidth, kInputHeight)},
+                 small_edit_options());
     ADD_FAILURE() << "the edit fitted in 1 KiB";
   } catch (const memory::MemoryExhaustedError& error) {
     // The limit is the allocator's capacity, so the plans are exact and none was run.
@@ -165,7 +157,7 @@ TEST(BackendEdit, NothingFitsRaisesExhaustedAndLogsFailure) {
   }
 
   EXPECT_EQ(allocator.stats().allocated_bytes.current, 0);
-  const std::string markdown = read_text(folder / "logs" / "memory_log.md");
+  const std::string markdown = test_support::read_file(folder / "logs" / "memory_log.md");
   EXPECT_NE(markdown.find("## Memory Management Log Entry"), std::string::npos);
   EXPECT_NE(markdown.find("### Edit: none"), std::string::npos) << markdown;
 }
@@ -185,8 +177,10 @@ TEST(BackendLoad, LoadsBestStrategyAndReusesIt) {
   const std::int64_t allocated_after_load = allocator.stats().allocated_bytes.current;
   EXPECT_GT(allocated_after_load, 0);
 
-  const BackendEditResult edited = backend.edit(
-      "make the sky green", std::vector<Image>{gradient_image()}, small_edit_options());
+  const BackendEditResult edited =
+      backend.edit("make the sky green",
+                   std::vector<Image>{test_support::gradient_image(kInputWidth, kInputHeight)},
+                   small_edit_options());
   EXPECT_EQ(edited.report.strategy.name, "fp16_full");
   ASSERT_FALSE(edited.report.attempts.empty());
   EXPECT_EQ(edited.report.attempts.front().detail, "reused the loaded model");

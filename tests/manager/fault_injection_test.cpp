@@ -36,7 +36,7 @@ constexpr std::int64_t kSampledFaults = 24;
 memory::ManagedEditRequest tiny_edit_request() {
   memory::ManagedEditRequest request;
   request.model_label = "tiny";
-  request.edit.images = {gradient_image()};
+  request.edit.images = {test_support::gradient_image(kInputWidth, kInputHeight)};
   request.edit.prompt = "make the sky green";
   request.edit.steps = 2;
   request.edit.cfg_scale = 1.0;

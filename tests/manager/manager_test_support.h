@@ -4,11 +4,9 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 #include <cstdint>
 #include <filesystem>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -22,6 +20,8 @@
 #include "pipeline/edit_pipeline.h"
 #include "runtime/allocator.h"
 #include "runtime/parallel.h"
+#include "support/files.h"
+#include "support/images.h"
 
 namespace ethereal::manager_test {
 
@@ -42,29 +42,7 @@ class SingleKernelThreadEnvironment : public ::testing::Environment {
 inline ::testing::Environment* const kSingleKernelThread =
     ::testing::AddGlobalTestEnvironment(new SingleKernelThreadEnvironment);
 
-// A fresh directory under ::testing::TempDir(), removed with its contents at scope exit.
-class TemporaryDirectory {
- public:
-  TemporaryDirectory() {
-    std::string pattern = (fs::path(::testing::TempDir()) / "ethereal-manager-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) {
-      throw std::runtime_error("mkdtemp failed for " + pattern);
-    }
-    path_ = pattern;
-  }
-  ~TemporaryDirectory() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TemporaryDirectory(const TemporaryDirectory&) = delete;
-  TemporaryDirectory& operator=(const TemporaryDirectory&) = delete;
-
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using test_support::TemporaryDirectory;
 
 // The tiny model, written with seed 7 into a temporary folder on first use and removed when
 // the test program exits. It is written with an allocator of its own, so a first use under a
@@ -86,25 +64,17 @@ inline ModelDirectory tiny_model() {
   return ModelDirectory::open(tiny_model_path());
 }
 
-// A 48x40 RGB gradient. The pipeline scales every input to about 1024x1024 pixels for the VAE,
-// so the input size barely changes the cost of an edit. The output size sets the target tokens.
-inline Image gradient_image() {
-  Image image(48, 40, 3);
-  for (int y = 0; y < image.height(); ++y) {
-    for (int x = 0; x < image.width(); ++x) {
-      image.at(x, y, 0) = static_cast<std::uint8_t>(5 * x);
-      image.at(x, y, 1) = static_cast<std::uint8_t>(6 * y);
-      image.at(x, y, 2) = 90;
-    }
-  }
-  return image;
-}
+// The size of the input image of every manager test, a test_support::gradient_image. The pipeline
+// scales every input to about 1024x1024 pixels for the VAE, so the input size barely changes the
+// cost of an edit. The output size sets the target tokens.
+inline constexpr int kInputWidth = 48;
+inline constexpr int kInputHeight = 40;
 
-// A plan request for one 48x40 input, `width` x `height` output, two steps and CFG 1 (one
-// transformer pass per step, which halves the denoising time of the tests).
+// A plan request for one kInputWidth x kInputHeight input, `width` x `height` output, two steps
+// and CFG 1 (one transformer pass per step, which halves the denoising time of the tests).
 inline memory::PlanRequest small_plan_request(int width, int height) {
   memory::PlanRequest request;
-  request.image_sizes = {{48, 40}};
+  request.image_sizes = {{kInputWidth, kInputHeight}};
   request.output_size = ImageSize{width, height};
   request.steps = 2;
   request.cfg_scale = 1.0;

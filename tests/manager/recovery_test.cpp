@@ -32,7 +32,7 @@ constexpr int kHeight = 256;
 memory::ManagedEditRequest small_edit_request() {
   memory::ManagedEditRequest request;
   request.model_label = "tiny";
-  request.edit.images = {gradient_image()};
+  request.edit.images = {test_support::gradient_image(kInputWidth, kInputHeight)};
   request.edit.prompt = "make the sky green";
   request.edit.steps = 2;
   request.edit.cfg_scale = 1.0;

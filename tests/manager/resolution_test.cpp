@@ -27,7 +27,7 @@ constexpr double kReducedReferencePixels = 1024.0 * 1024.0 * 352 * 352 / (512.0 
 memory::ManagedEditRequest edit_request() {
   memory::ManagedEditRequest request;
   request.model_label = "tiny";
-  request.edit.images = {gradient_image()};
+  request.edit.images = {test_support::gradient_image(kInputWidth, kInputHeight)};
   request.edit.prompt = "make the sky green";
   request.edit.steps = 2;
   request.edit.cfg_scale = 1.0;

@@ -1,6 +1,6 @@
 // Edits of the tiny model under each placement: identical images, per-stage peaks within the
 // placement's bound, residency events in pipeline order, prefetch overlap, and a clean stop
-// when the checkpoint is truncated while blocks stream.
+// when the transformer or the text encoder checkpoint is truncated while they stream.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "io/safetensors_checkpoint.h"
+#include "models/qwen2_5_vl/config.h"
+#include "models/qwen2_5_vl/language_model_streaming.h"
 #include "models/qwen_image/transformer_streaming.h"
 #include "models/qwen_image/transformer_tensor_names.h"
 #include "models/tiny_model.h"
@@ -33,6 +35,7 @@ using placement_test::max_on_device;
 constexpr const char* kBlocks = "transformer_block";
 constexpr int kSteps = 2;
 constexpr int kTinyLayers = 3;  // num_layers of the tiny transformer
+constexpr const char* kTextLayers = kTextEncoderLayerGroup;
 
 EditRequest small_request() {
   EditRequest request;
@@ -143,6 +146,36 @@ std::int64_t largest_block_tensor(const fs::path& model) {
   return static_cast<std::int64_t>(CpuCachingAllocator::round_size(largest));
 }
 
+// The tiny text encoder's configuration.
+Qwen25VlConfig text_encoder_config(const fs::path& model) {
+  return Qwen25VlConfig::from_file(
+      ModelDirectory::open(model).config_path(ModelComponent::text_encoder).value());
+}
+
+// Allocator bytes of the tiny text encoder's embedding table in bf16.
+std::int64_t embedding_table_footprint(const fs::path& model) {
+  const Qwen25VlConfig config = text_encoder_config(model);
+  return static_cast<std::int64_t>(CpuCachingAllocator::round_size(dtype_bytes(
+      DType::bf16, static_cast<std::size_t>(config.text.vocab_size * config.text.hidden_size))));
+}
+
+// Component onloads ("+group") and offloads ("-group") in event order; blocks and layers are
+// left out.
+std::vector<std::string> component_sequence(const std::vector<ResidencyEvent>& events) {
+  std::vector<std::string> sequence;
+  for (const ResidencyEvent& event : events) {
+    if (event.index >= 0) {
+      continue;
+    }
+    if (event.kind == ResidencyEventKind::onload_start) {
+      sequence.push_back("+" + event.group);
+    } else if (event.kind == ResidencyEventKind::offload) {
+      sequence.push_back("-" + event.group);
+    }
+  }
+  return sequence;
+}
+
 class PlacementPipelineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -154,11 +187,14 @@ class PlacementPipelineTest : public ::testing::Test {
         std::make_unique<PlacementRun>(run_placement(root_ / "model", Placement::model_offload, 2));
     sequential_ = std::make_unique<PlacementRun>(
         run_placement(root_ / "model", Placement::sequential_offload, 2, false, true));
+    one_block_ = std::make_unique<PlacementRun>(
+        run_placement(root_ / "model", Placement::sequential_offload, /*kept_blocks=*/1));
   }
   static void TearDownTestSuite() {
     resident_.reset();
     model_offload_.reset();
     sequential_.reset();
+    one_block_.reset();
     fs::remove_all(root_);
   }
 
@@ -167,23 +203,48 @@ class PlacementPipelineTest : public ::testing::Test {
     return resident_->peak.at(stage) - resident_->loaded_bytes;
   }
 
+  // Loads `model` with sequential_offload and runs an edit whose checkpoint `file` gets
+  // truncated by the recorder's hook. Expects an IoError naming the file and a tensor starting
+  // with `tensor_prefix`, and the allocator back at its baseline. Returns the events.
+  static std::vector<ResidencyEvent> run_truncated_edit(const fs::path& model, const fs::path& file,
+                                                        const std::string& tensor_prefix,
+                                                        EventRecorder& recorder) {
+    CpuCachingAllocator allocator;
+    const ScopedAllocator scope(allocator);
+    PipelineLoadOptions options;
+    options.placement = Placement::sequential_offload;
+    options.on_residency_event = recorder.sink();
+    const EditPipeline pipeline = EditPipeline::load(ModelDirectory::open(model), options);
+    const std::int64_t baseline = allocator.stats().allocated_bytes.current;
+    try {
+      (void)pipeline.run(small_request());
+      ADD_FAILURE() << "the edit finished although " << file << " was truncated";
+    } catch (const IoError& error) {
+      const std::string message = error.what();
+      EXPECT_NE(message.find(file.string()), std::string::npos) << message;
+      EXPECT_NE(message.find(tensor_prefix), std::string::npos) << message;
+    }
+    EXPECT_EQ(allocator.stats().allocated_bytes.current, baseline);
+    return recorder.events();
+  }
+
   static fs::path root_;
   static std::unique_ptr<PlacementRun> resident_;
   static std::unique_ptr<PlacementRun> model_offload_;
   static std::unique_ptr<PlacementRun> sequential_;
+  static std::unique_ptr<PlacementRun> one_block_;  // sequential_offload with kept_blocks 1
 };
 
 fs::path PlacementPipelineTest::root_;
 std::unique_ptr<PlacementRun> PlacementPipelineTest::resident_;
 std::unique_ptr<PlacementRun> PlacementPipelineTest::model_offload_;
 std::unique_ptr<PlacementRun> PlacementPipelineTest::sequential_;
+std::unique_ptr<PlacementRun> PlacementPipelineTest::one_block_;
 
 TEST_F(PlacementPipelineTest, PlacementsGiveIdenticalImages) {
   EXPECT_EQ(resident_->result.image, model_offload_->result.image);
   EXPECT_EQ(resident_->result.image, sequential_->result.image);
-  const PlacementRun one_block =
-      run_placement(root_ / "model", Placement::sequential_offload, /*kept_blocks=*/1);
-  EXPECT_EQ(resident_->result.image, one_block.result.image);
+  EXPECT_EQ(resident_->result.image, one_block_->result.image);
 }
 
 TEST_F(PlacementPipelineTest, ResidentLoadsEverythingOnce) {
@@ -198,14 +259,7 @@ TEST_F(PlacementPipelineTest, ResidentLoadsEverythingOnce) {
 
 TEST_F(PlacementPipelineTest, ModelOffloadFollowsPipelineOrder) {
   // Component onloads and offloads only, in order: each released before the next loads.
-  std::vector<std::string> sequence;
-  for (const ResidencyEvent& event : model_offload_->events) {
-    if (event.kind == ResidencyEventKind::onload_start) {
-      sequence.push_back("+" + event.group);
-    } else if (event.kind == ResidencyEventKind::offload) {
-      sequence.push_back("-" + event.group);
-    }
-  }
+  const std::vector<std::string> sequence = component_sequence(model_offload_->events);
   const std::vector<std::string> expected = {"+text_encoder", "-text_encoder", "+vae", "-vae",
                                              "+transformer",  "-transformer",  "+vae", "-vae"};
   EXPECT_EQ(sequence, expected);
@@ -287,6 +341,74 @@ TEST_F(PlacementPipelineTest, SequentialPrefetchOverlapsCompute) {
   }
 }
 
+// The vision tower is loaded and released first, then the final norm stays loaded while every
+// language-model layer loads once, in order, for both prompts together.
+TEST_F(PlacementPipelineTest, SequentialOffloadStreamsTextEncoderLayers) {
+  const std::vector<std::string> expected = {"+text_encoder_vision",
+                                             "-text_encoder_vision",
+                                             "+text_encoder",
+                                             "-text_encoder",
+                                             "+vae",
+                                             "-vae",
+                                             "+transformer",
+                                             "-transformer",
+                                             "+vae",
+                                             "-vae"};
+  const std::int64_t layers = text_encoder_config(root_ / "model").text.num_hidden_layers;
+  for (const PlacementRun* run : {sequential_.get(), one_block_.get()}) {
+    const int kept = run == sequential_.get() ? 2 : 1;
+    EXPECT_EQ(component_sequence(run->events), expected) << "kept " << kept;
+
+    std::vector<std::int64_t> loaded;
+    std::vector<std::int64_t> computed;
+    std::size_t first_layer_event = run->events.size();
+    std::size_t last_layer_event = 0;
+    std::size_t language_model_onload = 0;
+    std::size_t language_model_offload = 0;
+    for (std::size_t i = 0; i < run->events.size(); ++i) {
+      const ResidencyEvent& event = run->events[i];
+      if (event.group == "text_encoder") {
+        if (event.kind == ResidencyEventKind::onload_end) {
+          language_model_onload = i;
+        } else if (event.kind == ResidencyEventKind::offload) {
+          language_model_offload = i;
+        }
+      }
+      if (event.group != kTextLayers) {
+        continue;
+      }
+      first_layer_event = std::min(first_layer_event, i);
+      last_layer_event = i;
+      if (event.kind == ResidencyEventKind::onload_end) {
+        loaded.push_back(event.index);
+      } else if (event.kind == ResidencyEventKind::compute_start) {
+        computed.push_back(event.index);
+      }
+    }
+    std::vector<std::int64_t> in_order(static_cast<std::size_t>(layers));
+    for (std::int64_t i = 0; i < layers; ++i) {
+      in_order[static_cast<std::size_t>(i)] = i;
+    }
+    EXPECT_EQ(loaded, in_order) << "kept " << kept << ": one load per layer per edit";
+    EXPECT_EQ(computed, in_order) << "kept " << kept << ": one compute per layer per edit";
+    EXPECT_LE(max_on_device(run->events, kTextLayers), kept);
+    EXPECT_LT(language_model_onload, first_layer_event) << "kept " << kept;
+    EXPECT_GT(language_model_offload, last_layer_event) << "kept " << kept;
+  }
+}
+
+// Text encoding under sequential_offload never allocates the embedding table, nor the vision
+// tower together with the layers, so its peak is below model_offload's by at least the table.
+TEST_F(PlacementPipelineTest, SequentialTextEncodingPeakStaysWithinBound) {
+  const std::int64_t whole = model_offload_->peak.at("text_encoding");
+  const std::int64_t table = embedding_table_footprint(root_ / "model");
+  ASSERT_GT(table, 0);
+  for (const PlacementRun* run : {sequential_.get(), one_block_.get()}) {
+    EXPECT_LE(run->peak.at("text_encoding"), whole - table);
+    EXPECT_EQ(run->allocated_after, 0);
+  }
+}
+
 // The planner runs load and edit against a dry-run allocator, so each placement must run there
 // with the stage peaks of the real run. Sequential offload fills ahead in a dry run, so its
 // dry peak is the most the real run may reach.
@@ -301,6 +423,18 @@ TEST_F(PlacementPipelineTest, DryRunPredictsPeaks) {
   EXPECT_GE(dry_sequential.peak.at("denoising"), sequential_->peak.at("denoising"));
   EXPECT_EQ(dry_sequential.peak.at("text_encoding"), sequential_->peak.at("text_encoding"));
   EXPECT_EQ(max_on_device(dry_sequential.events, kBlocks), 2);
+  EXPECT_EQ(max_on_device(dry_sequential.events, kTextLayers), 2);
+}
+
+// With one kept block or layer, loads run inside acquire() in the real run as in the dry run,
+// so every stage's dry peak equals the real one.
+TEST_F(PlacementPipelineTest, DryRunExactWithOneKeptBlock) {
+  const PlacementRun dry =
+      run_placement(root_ / "model", Placement::sequential_offload, 1, /*dry_run=*/true);
+  ASSERT_EQ(dry.peak.size(), one_block_->peak.size());
+  for (const auto& [stage, peak] : one_block_->peak) {
+    EXPECT_EQ(dry.peak.at(stage), peak) << stage;
+  }
 }
 
 // Truncating the transformer file while its blocks stream stops the edit with an IoError that
@@ -318,8 +452,6 @@ TEST_F(PlacementPipelineTest, TruncatedCheckpointStopsStreamingCleanly) {
     }
   }
 
-  CpuCachingAllocator allocator;
-  const ScopedAllocator scope(allocator);
   EventRecorder recorder;
   bool truncated = false;
   recorder.set_hook([&](const ResidencyEvent& event) {
@@ -329,23 +461,43 @@ TEST_F(PlacementPipelineTest, TruncatedCheckpointStopsStreamingCleanly) {
       truncated = true;
     }
   });
-  PipelineLoadOptions options;
-  options.placement = Placement::sequential_offload;
-  options.on_residency_event = recorder.sink();
-  const EditPipeline pipeline = EditPipeline::load(ModelDirectory::open(copy), options);
-  const std::int64_t baseline = allocator.stats().allocated_bytes.current;
-  try {
-    (void)pipeline.run(small_request());
-    FAIL() << "the edit finished although the checkpoint was truncated";
-  } catch (const IoError& error) {
-    const std::string message = error.what();
-    EXPECT_NE(message.find(file.string()), std::string::npos) << message;
-    EXPECT_NE(message.find("transformer_blocks."), std::string::npos) << message;
-  }
+  const std::vector<ResidencyEvent> events =
+      run_truncated_edit(copy, file, "transformer_blocks.", recorder);
   EXPECT_TRUE(truncated);
-  EXPECT_EQ(allocator.stats().allocated_bytes.current, baseline);
-  const std::vector<ResidencyEvent> events = recorder.events();
   EXPECT_EQ(events_of(events, "transformer").back().kind, ResidencyEventKind::offload);
+}
+
+// The text encoder file is truncated once its first layer is loaded. The load of the next layer
+// fails with an IoError naming the file and a layer tensor, and the edit stops before the VAE.
+// Every byte the edit allocated is freed.
+TEST_F(PlacementPipelineTest, TruncatedTextEncoderStopsStreamingCleanly) {
+  const fs::path copy = root_ / "truncated_text_encoder";
+  fs::copy(root_ / "model", copy, fs::copy_options::recursive);
+  const SafetensorsCheckpoint checkpoint =
+      ModelDirectory::open(copy).open_weights(ModelComponent::text_encoder);
+  const fs::path file = checkpoint.files().front().path();
+  std::uint64_t second_layer_byte = checkpoint.files().front().mapping().size();
+  for (const std::string& name : checkpoint.names()) {
+    if (name.starts_with("model.layers.1.")) {
+      second_layer_byte = std::min(second_layer_byte, checkpoint.info(name).data_begin);
+    }
+  }
+
+  EventRecorder recorder;
+  bool truncated = false;
+  recorder.set_hook([&](const ResidencyEvent& event) {
+    // Runs on the loading thread before it loads the next layer.
+    if (!truncated && event.group == kTextLayers && event.index == 0 &&
+        event.kind == ResidencyEventKind::onload_end) {
+      fs::resize_file(file, second_layer_byte);
+      truncated = true;
+    }
+  });
+  const std::vector<ResidencyEvent> events =
+      run_truncated_edit(copy, file, "model.layers.1.", recorder);
+  EXPECT_TRUE(truncated);
+  EXPECT_EQ(events_of(events, "text_encoder").back().kind, ResidencyEventKind::offload);
+  EXPECT_TRUE(events_of(events, "vae").empty());
 }
 
 TEST_F(PlacementPipelineTest, RejectsZeroKeptBlocks) {

@@ -150,6 +150,42 @@ TEST_F(StreamedTransformerTest, PeakAllocatedHoldsKeptBlocksOnly) {
   }
 }
 
+// A forward call without a caller's stream opens a stream limited to its one pass. Each block
+// is loaded, computed and offloaded once, and no block of a next pass is loaded ahead.
+TEST_F(StreamedTransformerTest, OwnStreamLoadsEachBlockOnce) {
+  const auto file = open();
+  for (int kept : {1, 2}) {
+    EventRecorder recorder;
+    const QwenImageTransformer streamed = load_streamed(file, kept, &recorder);
+    (void)streamed.forward(small_inputs());
+
+    std::vector<int> loads(kLayers, 0);
+    std::vector<int> computes(kLayers, 0);
+    std::vector<int> offloads(kLayers, 0);
+    for (const ResidencyEvent& event :
+         placement_test::events_of(recorder.events(), kTransformerBlockGroup)) {
+      ASSERT_GE(event.index, 0) << "kept " << kept;
+      ASSERT_LT(event.index, kLayers) << "kept " << kept;
+      const auto index = static_cast<std::size_t>(event.index);
+      if (event.kind == ResidencyEventKind::onload_start) {
+        ++loads[index];
+      } else if (event.kind == ResidencyEventKind::compute_start) {
+        ++computes[index];
+      } else if (event.kind == ResidencyEventKind::offload) {
+        // A block offloaded before its computation was loaded ahead and never used.
+        EXPECT_EQ(computes[index], offloads[index] + 1)
+            << "kept " << kept << ": block " << index << " offloaded without being computed";
+        ++offloads[index];
+      }
+    }
+    for (std::size_t index = 0; index < static_cast<std::size_t>(kLayers); ++index) {
+      EXPECT_EQ(loads[index], 1) << "kept " << kept << ", block " << index;
+      EXPECT_EQ(computes[index], 1) << "kept " << kept << ", block " << index;
+      EXPECT_EQ(offloads[index], 1) << "kept " << kept << ", block " << index;
+    }
+  }
+}
+
 // Resident memory measured from /proc/self/status. A resident load holds every block; a
 // streamed pass holds the kept blocks; after release the process gives the bytes back.
 TEST_F(StreamedTransformerTest, ResidentMemoryFallsAfterRelease) {

@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "quant_test_support.h"
@@ -410,6 +412,20 @@ TEST(Quantize, RejectsNonFiniteWeight) {
   }
 }
 
+TEST(Quantize, RejectsNonFiniteBf16Weight) {
+  std::vector<float> values(3 * 70, 0.25f);
+  values[140 + 9] = -std::numeric_limits<float>::infinity();
+  const Tensor weight = Tensor::from_floats(values, {3, 70}, DType::bf16);
+  for (QuantFormat format : {QuantFormat::fp8_e4m3, QuantFormat::nf4, QuantFormat::int8}) {
+    EXPECT_THAT([&] { quantize(weight, format); },
+                ::testing::ThrowsMessage<InvalidInputError>(HasSubstr("[2, 9] is -inf")))
+        << quant_format_name(format);
+    EXPECT_THAT([&] { compute_scales(weight, format); },
+                ::testing::ThrowsMessage<InvalidInputError>(HasSubstr("[2, 9] is -inf")))
+        << quant_format_name(format);
+  }
+}
+
 TEST(Quantize, RejectsWrongRankAndDtype) {
   const Tensor vector = Tensor::zeros({8}, DType::f32);
   EXPECT_THAT([&] { quantize_int8(vector); },
@@ -417,6 +433,62 @@ TEST(Quantize, RejectsWrongRankAndDtype) {
   const Tensor integers = Tensor::zeros({2, 2}, DType::int32);
   EXPECT_THAT([&] { quantize_nf4(integers); },
               ::testing::ThrowsMessage<InvalidInputError>(HasSubstr("expected f32, bf16 or f16")));
+}
+
+void expect_same_bytes(const Tensor& actual, const Tensor& expected, const std::string& label) {
+  ASSERT_TRUE(actual.defined()) << label;
+  ASSERT_EQ(actual.dtype(), expected.dtype()) << label;
+  ASSERT_EQ(actual.shape(), expected.shape()) << label;
+  EXPECT_EQ(std::memcmp(actual.data(), expected.data(), expected.nbytes()), 0) << label;
+}
+
+TEST(ComputeScales, MatchQuantize) {
+  std::uint32_t seed = 300;
+  for (const Size& size : kSizes) {
+    const auto values = weight_values(size, Distribution::heavy_tailed, ++seed);
+    const Tensor weight = Tensor::from_floats(values, {size.rows, size.cols}, DType::bf16);
+    for (QuantFormat format : {QuantFormat::fp8_e4m3, QuantFormat::nf4, QuantFormat::int8}) {
+      for (ScaleGranularity granularity :
+           {ScaleGranularity::per_tensor, ScaleGranularity::per_channel}) {
+        QuantizeOptions options;
+        options.fp8_scales = granularity;
+        const QuantizedWeight expected = quantize(weight, format, options);
+        const QuantizedWeight scales = compute_scales(weight, format, options);
+        const std::string label =
+            fmt::format("{} [{}, {}] {}", quant_format_name(format), size.rows, size.cols,
+                        granularity == ScaleGranularity::per_tensor ? "per tensor" : "per channel");
+        EXPECT_FALSE(scales.values.defined()) << label;
+        EXPECT_EQ(scales.out_features, size.rows) << label;
+        EXPECT_EQ(scales.in_features, size.cols) << label;
+        if (format == QuantFormat::nf4) {
+          EXPECT_FALSE(scales.scales.defined()) << label;
+          expect_same_bytes(scales.nf4.absmax_codes, expected.nf4.absmax_codes, label);
+          expect_same_bytes(scales.nf4.group_scales, expected.nf4.group_scales, label);
+          expect_same_bytes(scales.nf4.code_map, expected.nf4.code_map, label);
+          EXPECT_EQ(std::bit_cast<std::uint32_t>(scales.nf4.offset),
+                    std::bit_cast<std::uint32_t>(expected.nf4.offset))
+              << label;
+        } else {
+          expect_same_bytes(scales.scales, expected.scales, label);
+        }
+      }
+    }
+  }
+}
+
+TEST(ComputeScales, DryRunAllocatesLikeRealRun) {
+  for (QuantFormat format : {QuantFormat::fp8_e4m3, QuantFormat::nf4, QuantFormat::int8}) {
+    const auto values = normal_values(37 * 130, 16);
+    auto body = [&] {
+      const Tensor weight = Tensor::from_floats(values, {37, 130}, DType::bf16);
+      const QuantizedWeight q = compute_scales(weight, format);
+      EXPECT_FALSE(q.values.defined());
+    };
+    const AllocatorStats real = testing::stats_of_run(false, body);
+    const AllocatorStats dry = testing::stats_of_run(true, body);
+    SCOPED_TRACE(quant_format_name(format));
+    testing::expect_same_statistics(real, dry);
+  }
 }
 
 TEST(QuantFormat, NamesRoundTrip) {

@@ -103,6 +103,23 @@ TEST(QuantizedLinear, DirectPathMatchesReference) {
   }
 }
 
+TEST(QuantizedLinear, DirectKernelsMatchReference) {
+  // Rows 1 to 8 run the register kernel: sequential at 1 and 2 rows, else tiles of 4 or 2
+  // channels. Rows from 9 run the buffered kernel. K = 384 gives nf4's 128-code decoder an odd
+  // number of chunks, and K = 320 selects its 32-element decoder. K = 352 ends fp8 and int8
+  // rows in a partial chunk. N = 37 leaves a partial last tile at every tile width.
+  std::uint32_t seed = 500;
+  for (const FormatCase& f : kFormats) {
+    for (const std::int64_t k : {384, 320, 352}) {
+      for (const std::int64_t rows : {1, 2, 3, 4, 5, 8, 9}) {
+        seed += 3;
+        check_case({rows, k, 37, rows % 2 == 1}, f, Path::direct, DType::f32,
+                   rows % 3 == 0 ? DType::bf16 : DType::f32, seed);
+      }
+    }
+  }
+}
+
 TEST(QuantizedLinear, MatmulPathMatchesReference) {
   std::uint32_t seed = 1000;
   for (const FormatCase& f : kFormats) {

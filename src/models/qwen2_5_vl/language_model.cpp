@@ -1,6 +1,7 @@
 #include "models/qwen2_5_vl/language_model.h"
 
 #include <algorithm>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -87,6 +88,16 @@ void Qwen25VlDecoderLayer::forward_(Tensor& x, const Qwen25VlRopeTables& rope,
   cpu::add_(x, mlp.forward(normed));
 }
 
+std::size_t decoder_layer_bytes(const Qwen25VlDecoderLayer& layer) {
+  std::size_t bytes = layer.input_layernorm.nbytes() + layer.post_attention_layernorm.nbytes();
+  for (const LinearLayer* linear :
+       {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj, &layer.mlp.gate_proj,
+        &layer.mlp.up_proj, &layer.mlp.down_proj}) {
+    bytes += linear->nbytes();
+  }
+  return bytes;
+}
+
 Qwen25VlLanguageModel::Qwen25VlLanguageModel(Qwen25VlConfig config, ModelPrecision precision,
                                              Tensor embed_tokens,
                                              std::vector<Qwen25VlDecoderLayer> layers, Tensor norm)
@@ -116,8 +127,29 @@ Qwen25VlLanguageModel Qwen25VlLanguageModel::load(WeightLoader& loader,
 
 Tensor Qwen25VlLanguageModel::embed(std::span<const std::int64_t> input_ids,
                                     const Tensor& image_embeddings) const {
-  const std::int64_t hidden = config_.text.hidden_size;
-  const std::int64_t vocab = config_.text.vocab_size;
+  const std::size_t table_row_bytes =
+      dtype_bytes(embed_tokens_.dtype(), static_cast<std::size_t>(config_.text.hidden_size));
+  const bool table_is_dry = embed_tokens_.is_dry();
+  const auto* table = table_is_dry ? nullptr : static_cast<const std::byte*>(embed_tokens_.data());
+  std::vector<std::byte> zero_row;
+  const auto table_row = [&](std::int64_t id) -> const void* {
+    if (table_is_dry) {
+      // A table loaded in a dry run has no bytes, so its rows read as zeros.
+      zero_row.resize(table_row_bytes);
+      return zero_row.data();
+    }
+    return table + static_cast<std::size_t>(id) * table_row_bytes;
+  };
+  return qwen25vl_token_embeddings(config_, precision_.compute_dtype, input_ids, image_embeddings,
+                                   embed_tokens_.dtype(), table_row);
+}
+
+Tensor qwen25vl_token_embeddings(const Qwen25VlConfig& config, DType compute_dtype,
+                                 std::span<const std::int64_t> input_ids,
+                                 const Tensor& image_embeddings, DType table_dtype,
+                                 const EmbeddingRowSource& table_row) {
+  const std::int64_t hidden = config.text.hidden_size;
+  const std::int64_t vocab = config.text.vocab_size;
   const auto length = static_cast<std::int64_t>(input_ids.size());
   for (std::int64_t i = 0; i < length; ++i) {
     const std::int64_t id = input_ids[static_cast<std::size_t>(i)];
@@ -128,7 +160,7 @@ Tensor Qwen25VlLanguageModel::embed(std::span<const std::int64_t> input_ids,
           id, i, vocab));
     }
   }
-  const auto image_tokens = std::count(input_ids.begin(), input_ids.end(), config_.image_token_id);
+  const auto image_tokens = std::count(input_ids.begin(), input_ids.end(), config.image_token_id);
   const std::int64_t image_rows = image_embeddings.defined() ? image_embeddings.size(0) : 0;
   if (image_tokens != image_rows ||
       (image_embeddings.defined() &&
@@ -136,13 +168,12 @@ Tensor Qwen25VlLanguageModel::embed(std::span<const std::int64_t> input_ids,
     throw InvalidInputError(fmt::format(
         "the prompt has {} image tokens (id {}) but the image embeddings are {}; expected [{}, "
         "{}]",
-        image_tokens, config_.image_token_id,
+        image_tokens, config.image_token_id,
         image_embeddings.defined() ? image_embeddings.describe() : "absent", image_tokens, hidden));
   }
 
-  Tensor result = Tensor::empty({length, hidden}, precision_.compute_dtype);  // [S, hidden]
-  if (result.is_dry() || embed_tokens_.is_dry() ||
-      (image_embeddings.defined() && image_embeddings.is_dry())) {
+  Tensor result = Tensor::empty({length, hidden}, compute_dtype);  // [S, hidden]
+  if (result.is_dry() || (image_embeddings.defined() && image_embeddings.is_dry())) {
     return result;
   }
   // Rows are read through the stride, so a strided view costs no copy (which a dry run would
@@ -152,49 +183,57 @@ Tensor Qwen25VlLanguageModel::embed(std::span<const std::int64_t> input_ids,
     throw Error(fmt::format("embed: image embeddings {} need stride 1 along the hidden axis",
                             images.describe()));
   }
-  const std::size_t table_row_bytes =
-      dtype_bytes(embed_tokens_.dtype(), static_cast<std::size_t>(hidden));
   const std::size_t image_row_bytes =
       images.defined() ? dtype_bytes(images.dtype(), static_cast<std::size_t>(images.stride(0)))
                        : 0;
-  const auto* table = static_cast<const std::byte*>(embed_tokens_.data());
   std::int64_t image_row = 0;
   for (std::int64_t i = 0; i < length; ++i) {
     const std::int64_t id = input_ids[static_cast<std::size_t>(i)];
-    if (id == config_.image_token_id) {
+    if (id == config.image_token_id) {
       const auto* source = static_cast<const std::byte*>(images.data()) +
                            static_cast<std::size_t>(image_row++) * image_row_bytes;
       copy_row(source, images.dtype(), result, i);
     } else {
-      copy_row(table + static_cast<std::size_t>(id) * table_row_bytes, embed_tokens_.dtype(),
-               result, i);
+      copy_row(table_row(id), table_dtype, result, i);
     }
   }
   return result;
 }
 
-Tensor Qwen25VlLanguageModel::forward(const Tensor& inputs_embeds, const Tensor& position_ids,
-                                      const Qwen25VlOptions& options) const {
-  const Qwen25VlTextConfig& text = config_.text;
-  if (inputs_embeds.dim() != 2 || inputs_embeds.size(1) != text.hidden_size ||
+Qwen25VlTextSequence Qwen25VlTextSequence::begin(const Tensor& inputs_embeds,
+                                                 const Tensor& position_ids,
+                                                 const Qwen25VlTextConfig& config,
+                                                 DType compute_dtype) {
+  if (inputs_embeds.dim() != 2 || inputs_embeds.size(1) != config.hidden_size ||
       position_ids.dim() != 2 || position_ids.size(0) != 3 ||
       position_ids.size(1) != inputs_embeds.size(0)) {
     throw InvalidInputError(fmt::format(
         "language model: inputs_embeds {} and position_ids {} must be [S, {}] and [3, S]",
-        inputs_embeds.describe(), position_ids.describe(), text.hidden_size));
+        inputs_embeds.describe(), position_ids.describe(), config.hidden_size));
   }
-  const Qwen25VlRopeTables rope =
-      text_rope_tables(position_ids, text, precision_.compute_dtype == DType::bf16);
-
+  Qwen25VlTextSequence sequence;
+  sequence.rope = text_rope_tables(position_ids, config, compute_dtype == DType::bf16);
   // A private copy in the compute dtype, updated in place layer by layer.
-  Tensor x = inputs_embeds.dtype() == precision_.compute_dtype
-                 ? inputs_embeds.clone()
-                 : inputs_embeds.to(precision_.compute_dtype);  // [S, hidden]
+  sequence.hidden = inputs_embeds.dtype() == compute_dtype
+                        ? inputs_embeds.clone()
+                        : inputs_embeds.to(compute_dtype);  // [S, hidden]
+  return sequence;
+}
+
+Tensor Qwen25VlTextSequence::finish(const Tensor& norm, const Qwen25VlTextConfig& config) {
+  cpu::rms_norm_(hidden, norm, text_norm_options(config, hidden.dtype()));
+  return hidden;
+}
+
+Tensor Qwen25VlLanguageModel::forward(const Tensor& inputs_embeds, const Tensor& position_ids,
+                                      const Qwen25VlOptions& options) const {
+  const Qwen25VlTextConfig& text = config_.text;
+  Qwen25VlTextSequence sequence =
+      Qwen25VlTextSequence::begin(inputs_embeds, position_ids, text, precision_.compute_dtype);
   for (const Qwen25VlDecoderLayer& layer : layers_) {
-    layer.forward_(x, rope, text, options);
+    layer.forward_(sequence.hidden, sequence.rope, text, options);
   }
-  cpu::rms_norm_(x, norm_, text_norm_options(text, x.dtype()));
-  return x;
+  return sequence.finish(norm_, text);
 }
 
 }  // namespace ethereal

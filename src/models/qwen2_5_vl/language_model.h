@@ -9,10 +9,13 @@
 //   x += down(act(gate(m)) * up(m)), m = RMSNorm(x), no biases.
 //
 // The embedding table (152064 x 3584 for the 7B model, 1.09 GB in bf16) stays in the weight
-// dtype. Only the rows of the prompt's tokens are converted to the compute dtype.
+// dtype. Only the rows of the prompt's tokens are converted to the compute dtype. A streamed
+// language model (language_model_streaming.h) reads only those rows from the checkpoint.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,6 +46,36 @@ struct Qwen25VlDecoderLayer {
   // Updates x [S, hidden] in place. `rope` contains the M-RoPE tables of the S positions.
   void forward_(Tensor& x, const Qwen25VlRopeTables& rope, const Qwen25VlTextConfig& config,
                 const Qwen25VlOptions& options) const;
+};
+
+// Device bytes of one decoder layer: packed or quantised weights, biases, adapters and norms.
+std::size_t decoder_layer_bytes(const Qwen25VlDecoderLayer& layer);
+
+// Function from a token id to its embedding-table row (hidden values in the table dtype). The
+// returned pointer stays valid until the next call.
+using EmbeddingRowSource = std::function<const void*(std::int64_t id)>;
+
+// Token embeddings [S, hidden] in `compute_dtype`: the table rows from `table_row` (in
+// `table_dtype`), except that image_token_id tokens take, in order, the rows of
+// image_embeddings. Throws InvalidInputError as Qwen25VlLanguageModel::embed documents. A dry
+// run only allocates the result and calls `table_row` for no token.
+Tensor qwen25vl_token_embeddings(const Qwen25VlConfig& config, DType compute_dtype,
+                                 std::span<const std::int64_t> input_ids,
+                                 const Tensor& image_embeddings, DType table_dtype,
+                                 const EmbeddingRowSource& table_row);
+
+// One sequence in a language-model forward pass: its hidden states [S, hidden], updated in
+// place layer by layer, and the M-RoPE tables of its positions.
+struct Qwen25VlTextSequence {
+  Tensor hidden;
+  Qwen25VlRopeTables rope;
+
+  // Checks inputs_embeds [S, hidden] and position_ids int64 [3, S] (InvalidInputError), builds
+  // the tables and copies inputs_embeds into `hidden` in the compute dtype.
+  static Qwen25VlTextSequence begin(const Tensor& inputs_embeds, const Tensor& position_ids,
+                                    const Qwen25VlTextConfig& config, DType compute_dtype);
+  // Applies the final RMSNorm with weight `norm` to `hidden` and returns it.
+  Tensor finish(const Tensor& norm, const Qwen25VlTextConfig& config);
 };
 
 class Qwen25VlLanguageModel {

@@ -186,6 +186,8 @@ void QwenImageTransformer::run_blocks(const BlockContext& context,
   TransformerBlockStream* stream = options.block_stream;
   if (stream == nullptr || stream->empty()) {
     own_stream = open_block_stream();
+    // This call makes the stream's only pass, so the worker loads no block of a next pass.
+    own_stream.limit_passes(1);
     stream = &own_stream;
   }
   for (std::int64_t index = 0; index < config_.num_layers; ++index) {
