@@ -374,7 +374,8 @@ void register_tile(const WeightView& w, const MagnitudeTables& tables, const std
 
 // ---- Sequential kernel (1 and 2 rows) ----
 
-// Computes the same sums as register_tile, taking the channels of the tile one after another.
+// Computes the sums of register_tile (up to the order of the f32 additions), taking the
+// channels of the tile one after another.
 // Each channel's codes are read front to back, so a thread reads one sequential stream instead
 // of Channels interleaved ones. Each row has 2 accumulators. nf4 decodes two chunks per step,
 // into 2 more accumulators, because its decoding costs more.
@@ -400,8 +401,10 @@ void sequential_tile(const WeightView& w, const MagnitudeTables& tables, const s
     }
     _mm_prefetch(reinterpret_cast<const char*>(chunk + ahead), _MM_HINT_T1);
   };
-  for (int c = 0; c < Channels; ++c) {
-    const std::int64_t start = std::min(n0 + c, w.out_features - 1) * k;
+  // Channels past the end are skipped: the caller stores only the channels that exist.
+  const std::int64_t channels = std::min<std::int64_t>(Channels, w.out_features - n0);
+  for (int c = 0; c < channels; ++c) {
+    const std::int64_t start = (n0 + c) * k;
     const std::uint8_t* codes = w.values + (start * kBytesPerPair<F> >> 1);
     const std::int64_t block = start >> 6;
     __m512 acc[kChunksPerStep][Rows][2];

@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <fstream>
 #include <string>
@@ -30,7 +31,8 @@ int cgroup_core_quota() {
   return 0;
 }
 
-int configured_threads = 0;
+// 0 until set_thread_count() or the first thread_count() sets it.
+std::atomic<int> configured_threads{0};
 
 }  // namespace
 
@@ -48,15 +50,24 @@ int usable_core_count() {
 }
 
 void set_thread_count(int n) {
-  configured_threads = n > 0 ? n : usable_core_count();
-  omp_set_num_threads(configured_threads);
+  const int count = n > 0 ? n : usable_core_count();
+  configured_threads.store(count);
+  omp_set_num_threads(count);
 }
 
 int thread_count() {
-  if (configured_threads == 0) {
-    set_thread_count(0);
+  int count = configured_threads.load();
+  if (count == 0) {
+    int unset = 0;
+    configured_threads.compare_exchange_strong(unset, usable_core_count());
+    count = configured_threads.load();
+    // The default only ever lowers the calling thread's OpenMP setting, so a thread that
+    // limited itself (a block streamer's worker sets 1) keeps its limit.
+    if (omp_get_max_threads() > count) {
+      omp_set_num_threads(count);
+    }
   }
-  return configured_threads;
+  return count;
 }
 
 void parallel_for(std::int64_t begin, std::int64_t end, std::int64_t grain,

@@ -12,7 +12,10 @@ namespace ethereal {
 int usable_core_count();
 
 // Sets the number of threads for our kernels and oneDNN; n <= 0 restores usable_core_count().
+// Sets the calling thread's OpenMP setting (omp_set_num_threads) too.
 void set_thread_count(int n);
+// Returns the configured thread count. Before any set_thread_count() it is usable_core_count(),
+// and the first call lowers the calling thread's OpenMP setting to it but never raises it.
 int thread_count();
 
 // Splits [begin, end) into chunks of at least `grain` items and runs `fn(chunk_begin,

@@ -421,6 +421,8 @@ TEST_F(PlacementPipelineTest, DryRunPredictsPeaks) {
   const PlacementRun dry_sequential =
       run_placement(root_ / "model", Placement::sequential_offload, 2, /*dry_run=*/true);
   EXPECT_GE(dry_sequential.peak.at("denoising"), sequential_->peak.at("denoising"));
+  // In the tiny model the vision tower's phase sets the text-encoding peak, which does not
+  // depend on how far the layer loads ran ahead, so the dry peak is exact there.
   EXPECT_EQ(dry_sequential.peak.at("text_encoding"), sequential_->peak.at("text_encoding"));
   EXPECT_EQ(max_on_device(dry_sequential.events, kBlocks), 2);
   EXPECT_EQ(max_on_device(dry_sequential.events, kTextLayers), 2);

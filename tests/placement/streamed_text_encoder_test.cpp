@@ -217,6 +217,9 @@ TEST_F(StreamedTextEncoderTest, PeakStaysWithinKeptLayers) {
     for (const std::vector<std::int64_t>& ids : prompt_ids()) {
       embeds.push_back(streamed.embed(ids, Tensor()));
     }
+    // Loading and embedding never hold the embedding table (kVocab x 256 bf16, 1 MiB), not
+    // even for a moment.
+    EXPECT_LT(allocator.stats().allocated_bytes.peak, kVocab * 256 * 2 / 4) << "kept " << kept;
     const std::int64_t before = allocator.stats().allocated_bytes.current;
     allocator.reset_peaks();
     (void)streamed.forward(embeds, position_ids);
@@ -287,7 +290,9 @@ TEST_F(StreamedTextEncoderTest, DryRunPeakMatchesRealRun) {
     if (kept == 1) {
       EXPECT_EQ(peaks[1], peaks[0]);
     } else {
+      // A real run may not have loaded ahead at its peak moment; the dry run always has.
       EXPECT_GE(peaks[1], peaks[0]);
+      EXPECT_LE(peaks[1], peaks[0] + layer_footprint() + read_buffer());
     }
   }
 }

@@ -195,7 +195,8 @@ TEST(Fp8Encoder, BitsFunctionMatchesScalar) {
 }
 
 TEST(Fp8Encoder, MatchesScalarOnRandomValues) {
-  // Exponents from below the f32 normal range (flushed to zero) to far above 448.
+  // Exponents from the smallest f32 normal (2^-126), far below fp8's subnormals, to far above
+  // 448.
   expect_fp8_matches_scalar(random_magnitudes(4'000'000, -126, 30, 1), 1.0f);
 }
 

@@ -77,8 +77,11 @@ TEST(ParallelFor, HonoursCallersOmpThreadLimit) {
 }
 
 TEST(ParallelFor, OtherThreadsKeepThreadCount) {
-  if (usable_core_count() < 2) {
-    GTEST_SKIP() << "one usable core, so OpenMP's default team on a new thread has one thread";
+  int new_thread_default = 0;
+  std::thread([&] { new_thread_default = omp_get_max_threads(); }).join();
+  if (new_thread_default < 2) {
+    GTEST_SKIP() << "OpenMP's default team on a new thread has one thread (one usable CPU or "
+                    "OMP_NUM_THREADS=1)";
   }
   const DefaultThreadCountAtExit restore;
   set_thread_count(2);

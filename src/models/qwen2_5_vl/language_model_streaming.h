@@ -1,8 +1,10 @@
 // Sequential offload of the Qwen2.5-VL language model: the decoder layers stay in the checkpoint
 // and pass through the device one after another, and only the final norm stays loaded.
 //
-// Qwen25VlLayerSource reads from the checkpoint with pread (io/checkpoint_reader.h), so a file
-// truncated while in use is an IoError naming the file and the tensor:
+// Qwen25VlLayerSource reads float tensors from the checkpoint with pread
+// (io/checkpoint_reader.h), so a file truncated while in use is an IoError naming the file and
+// the tensor. NOTE: weights stored pre-quantised are still read through the mapping, where a
+// truncated file raises SIGBUS instead. It reads:
 //   - a decoder layer, built by the same WeightLoader code and options (format, LoRA) as a
 //     resident load, so a streamed layer is bit-identical to the resident one and a quantised
 //     format quantises each layer as it loads;
