@@ -149,14 +149,12 @@ inline __m512i decode32_as(const WeightView& w, std::int64_t n, std::int64_t k0,
         _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(kAll16, low), scale));
   } else if constexpr (F == QuantFormat::fp8_e4m3) {
     // Moving the 7 exponent-and-mantissa bits of e4m3 into an f16 (bits 13..7) gives the
-    // same value times 2^-8, subnormals included, so 256 goes into the multiplier.
-    const __m512i bytes = _mm512_cvtepu8_epi16(
+    // same value times 2^-8, subnormals included, so 256 goes into the multiplier. The codes
+    // are sign-extended to 16 bits, so after the shift by 7 bit 15 is the sign bit.
+    const __m512i words = _mm512_cvtepi8_epi16(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.values + index)));
-    const __m512i magnitude =
-        _mm512_and_si512(_mm512_slli_epi16(bytes, 7), _mm512_set1_epi16(0x3F80));
-    const __m512i sign = _mm512_and_si512(_mm512_slli_epi16(bytes, 8),
-                                          _mm512_set1_epi16(static_cast<short>(0x8000)));
-    const __m512i half = _mm512_or_si512(magnitude, sign);
+    const __m512i half = _mm512_and_si512(_mm512_slli_epi16(words, 7),
+                                          _mm512_set1_epi16(static_cast<short>(0xBF80)));
     const __m512 scale = _mm512_set1_ps(multiplier * 256.0f);
     const __m512 low = _mm512_maskz_cvtph_ps(kAll16, _mm512_maskz_extracti64x4_epi64(0xF, half, 0));
     const __m512 high =
