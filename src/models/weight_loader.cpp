@@ -1,6 +1,7 @@
 #include "models/weight_loader.h"
 
 #include <algorithm>
+#include <charconv>
 
 #include <fmt/format.h>
 
@@ -14,6 +15,20 @@ namespace ethereal {
 
 std::optional<std::string> identity_tensor_name(std::string_view file_name) {
   return std::string(file_name);
+}
+
+std::int64_t numbered_module_index(std::string_view name, std::string_view prefix) {
+  if (!name.starts_with(prefix)) {
+    return -1;
+  }
+  const std::string_view rest = name.substr(prefix.size());
+  std::int64_t index = -1;
+  const auto [end, error] = std::from_chars(rest.data(), rest.data() + rest.size(), index);
+  if (error != std::errc() || end == rest.data() || end == rest.data() + rest.size() ||
+      *end != '.') {
+    return -1;
+  }
+  return index;
 }
 
 WeightLoader::WeightLoader(const SafetensorsCheckpoint& checkpoint, TensorNameMap name_map,

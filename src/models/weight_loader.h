@@ -11,6 +11,7 @@
 // the rest as unexpected. Errors name the file, the tensor, the expected and actual shape.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
@@ -37,6 +38,10 @@ using TensorNameMap = std::function<std::optional<std::string>(std::string_view 
 
 // The identity mapping: file names are canonical names.
 std::optional<std::string> identity_tensor_name(std::string_view file_name);
+
+// Returns N for a tensor name "<prefix>N.<rest>" (for example "transformer_blocks.3.attn.to_q"
+// with prefix "transformer_blocks."), or -1 when the name has another form.
+std::int64_t numbered_module_index(std::string_view name, std::string_view prefix);
 
 // How linear layers are loaded: their weight format and the LoRA to apply.
 struct WeightLoadOptions {

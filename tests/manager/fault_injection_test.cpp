@@ -34,14 +34,7 @@ namespace {
 constexpr std::int64_t kSampledFaults = 24;
 
 memory::ManagedEditRequest tiny_edit_request() {
-  memory::ManagedEditRequest request;
-  request.model_label = "tiny";
-  request.edit.images = {test_support::gradient_image(kInputWidth, kInputHeight)};
-  request.edit.prompt = "make the sky green";
-  request.edit.steps = 2;
-  request.edit.cfg_scale = 1.0;
-  request.edit.seed = 5;
-  request.edit.output_size = ImageSize{64, 64};
+  memory::ManagedEditRequest request = small_edit_request(ImageSize{64, 64}, 5);
   // The smallest reference area the pipeline accepts. At the default of 1024x1024 pixels the
   // VAE encode of the reference and its tokens in the transformer take most of an edit's time.
   request.edit.reference_pixels = 256.0 * 256.0;

@@ -82,6 +82,30 @@ inline memory::PlanRequest small_plan_request(int width, int height) {
   return request;
 }
 
+// An edit of the tiny model matching small_plan_request: one kInputWidth x kInputHeight
+// gradient input, `output` size, two steps, CFG 1 and `seed`.
+inline memory::ManagedEditRequest small_edit_request(ImageSize output, std::uint64_t seed) {
+  memory::ManagedEditRequest request;
+  request.model_label = "tiny";
+  request.edit.images = {test_support::gradient_image(kInputWidth, kInputHeight)};
+  request.edit.prompt = "make the sky green";
+  request.edit.steps = 2;
+  request.edit.cfg_scale = 1.0;
+  request.edit.seed = seed;
+  request.edit.output_size = output;
+  return request;
+}
+
+// A configuration without safety margin (the budget is the capacity) that ranks strategies by
+// the preference order (performance mode).
+inline memory::MemoryConfig performance_config(bool allow_resolution_reduction) {
+  memory::MemoryConfig config;
+  config.memory_threshold_mb = 0;
+  config.allow_resolution_reduction = allow_resolution_reduction;
+  config.mode = memory::Mode::performance;
+  return config;
+}
+
 // A budget without limits, so every plan fits.
 inline memory::TierBudget unlimited_budget() {
   return {

@@ -30,25 +30,12 @@ constexpr int kWidth = 256;
 constexpr int kHeight = 256;
 
 memory::ManagedEditRequest small_edit_request() {
-  memory::ManagedEditRequest request;
-  request.model_label = "tiny";
-  request.edit.images = {test_support::gradient_image(kInputWidth, kInputHeight)};
-  request.edit.prompt = "make the sky green";
-  request.edit.steps = 2;
-  request.edit.cfg_scale = 1.0;
-  request.edit.seed = 3;
-  request.edit.output_size = ImageSize{kWidth, kHeight};
-  return request;
+  return manager_test::small_edit_request(ImageSize{kWidth, kHeight}, 3);
 }
 
-// No safety margin (the budget is the capacity), no resolution reduction, ranking by the
-// preference order.
+// No safety margin, no resolution reduction, ranking by the preference order.
 memory::MemoryConfig test_config() {
-  memory::MemoryConfig config;
-  config.memory_threshold_mb = 0;
-  config.allow_resolution_reduction = false;
-  config.mode = memory::Mode::performance;
-  return config;
+  return performance_config(/*allow_resolution_reduction=*/false);
 }
 
 memory::LoadStrategy strategy_named(const std::string& name, bool reduced) {

@@ -25,23 +25,11 @@ constexpr ImageSize kReduced{352, 352};
 constexpr double kReducedReferencePixels = 1024.0 * 1024.0 * 352 * 352 / (512.0 * 512.0);
 
 memory::ManagedEditRequest edit_request() {
-  memory::ManagedEditRequest request;
-  request.model_label = "tiny";
-  request.edit.images = {test_support::gradient_image(kInputWidth, kInputHeight)};
-  request.edit.prompt = "make the sky green";
-  request.edit.steps = 2;
-  request.edit.cfg_scale = 1.0;
-  request.edit.seed = 5;
-  request.edit.output_size = kRequested;
-  return request;
+  return small_edit_request(kRequested, 5);
 }
 
 memory::MemoryConfig config_with_reduction() {
-  memory::MemoryConfig config;
-  config.memory_threshold_mb = 0;
-  config.allow_resolution_reduction = true;
-  config.mode = memory::Mode::performance;
-  return config;
+  return performance_config(/*allow_resolution_reduction=*/true);
 }
 
 // The allocated peak of `strategy` with reduced working memory at `size`, with references of

@@ -356,8 +356,8 @@ TEST_F(PlacementPipelineTest, SequentialOffloadStreamsTextEncoderLayers) {
                                              "-vae"};
   const std::int64_t layers = text_encoder_config(root_ / "model").text.num_hidden_layers;
   for (const PlacementRun* run : {sequential_.get(), one_block_.get()}) {
-    const int kept = run == sequential_.get() ? 2 : 1;
-    EXPECT_EQ(component_sequence(run->events), expected) << "kept " << kept;
+    const int kept_layers = run == sequential_.get() ? 2 : 1;
+    EXPECT_EQ(component_sequence(run->events), expected) << "kept layers " << kept_layers;
 
     std::vector<std::int64_t> loaded;
     std::vector<std::int64_t> computed;
@@ -389,11 +389,12 @@ TEST_F(PlacementPipelineTest, SequentialOffloadStreamsTextEncoderLayers) {
     for (std::int64_t i = 0; i < layers; ++i) {
       in_order[static_cast<std::size_t>(i)] = i;
     }
-    EXPECT_EQ(loaded, in_order) << "kept " << kept << ": one load per layer per edit";
-    EXPECT_EQ(computed, in_order) << "kept " << kept << ": one compute per layer per edit";
-    EXPECT_LE(max_on_device(run->events, kTextLayers), kept);
-    EXPECT_LT(language_model_onload, first_layer_event) << "kept " << kept;
-    EXPECT_GT(language_model_offload, last_layer_event) << "kept " << kept;
+    EXPECT_EQ(loaded, in_order) << "kept layers " << kept_layers << ": one load per layer per edit";
+    EXPECT_EQ(computed, in_order) << "kept layers " << kept_layers
+                                  << ": one compute per layer per edit";
+    EXPECT_LE(max_on_device(run->events, kTextLayers), kept_layers);
+    EXPECT_LT(language_model_onload, first_layer_event) << "kept layers " << kept_layers;
+    EXPECT_GT(language_model_offload, last_layer_event) << "kept layers " << kept_layers;
   }
 }
 

@@ -140,6 +140,14 @@ class StreamedTextEncoderTest : public ::testing::Test {
     const Qwen25VlDecoderLayer layer = source.load_layer(0);
     return dry.stats().allocated_bytes.current;
   }
+  // The token embeddings of every prompt of prompt_ids().
+  static std::vector<Tensor> embed_prompts(const Qwen25VlStreamedLanguageModel& streamed) {
+    std::vector<Tensor> embeds;
+    for (const std::vector<std::int64_t>& ids : prompt_ids()) {
+      embeds.push_back(streamed.embed(ids, Tensor()));
+    }
+    return embeds;
+  }
   static std::int64_t read_buffer() {
     Qwen25VlLayerSource source(open(path()), {}, *config_, ModelPrecision::bf16());
     return static_cast<std::int64_t>(
@@ -213,10 +221,7 @@ TEST_F(StreamedTextEncoderTest, PeakStaysWithinKeptLayers) {
     const ScopedAllocator scope(allocator);
     const Qwen25VlStreamedLanguageModel streamed =
         load_streamed(checkpoint, ModelPrecision::bf16(), kept);
-    std::vector<Tensor> embeds;
-    for (const std::vector<std::int64_t>& ids : prompt_ids()) {
-      embeds.push_back(streamed.embed(ids, Tensor()));
-    }
+    const std::vector<Tensor> embeds = embed_prompts(streamed);
     // Loading and embedding never hold the embedding table (kVocab x 256 bf16, 1 MiB), not
     // even for a moment.
     EXPECT_LT(allocator.stats().allocated_bytes.peak, kVocab * 256 * 2 / 4) << "kept " << kept;
@@ -237,10 +242,7 @@ TEST_F(StreamedTextEncoderTest, EachLayerLoadsOncePerForward) {
     EventRecorder recorder;
     const Qwen25VlStreamedLanguageModel streamed =
         load_streamed(checkpoint, ModelPrecision::bf16(), kept, &recorder);
-    std::vector<Tensor> embeds;
-    for (const std::vector<std::int64_t>& ids : prompt_ids()) {
-      embeds.push_back(streamed.embed(ids, Tensor()));
-    }
+    const std::vector<Tensor> embeds = embed_prompts(streamed);
     (void)streamed.forward(embeds, positions());
 
     const std::vector<ResidencyEvent> events =
@@ -279,10 +281,7 @@ TEST_F(StreamedTextEncoderTest, DryRunPeakMatchesRealRun) {
       const ScopedAllocator scope(allocator);
       const Qwen25VlStreamedLanguageModel streamed =
           load_streamed(checkpoint, ModelPrecision::bf16(), kept);
-      std::vector<Tensor> embeds;
-      for (const std::vector<std::int64_t>& ids : prompt_ids()) {
-        embeds.push_back(streamed.embed(ids, Tensor()));
-      }
+      const std::vector<Tensor> embeds = embed_prompts(streamed);
       const std::vector<Tensor> hidden = streamed.forward(embeds, positions());
       EXPECT_EQ(hidden.front().is_dry(), dry_run);
       peaks[dry_run ? 1 : 0] = allocator.stats().allocated_bytes.peak;
@@ -342,10 +341,7 @@ TEST_F(StreamedTextEncoderTest, TruncatedLayerStopsForward) {
   {
     const Qwen25VlStreamedLanguageModel streamed =
         load_streamed(checkpoint, ModelPrecision::bf16(), 2, &recorder);
-    std::vector<Tensor> embeds;
-    for (const std::vector<std::int64_t>& ids : prompt_ids()) {
-      embeds.push_back(streamed.embed(ids, Tensor()));
-    }
+    const std::vector<Tensor> embeds = embed_prompts(streamed);
     const std::int64_t baseline = allocator.stats().allocated_bytes.current;
     try {
       (void)streamed.forward(embeds, positions());

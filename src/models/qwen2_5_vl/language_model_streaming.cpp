@@ -1,7 +1,6 @@
 #include "models/qwen2_5_vl/language_model_streaming.h"
 
 #include <algorithm>
-#include <charconv>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -20,21 +19,6 @@ namespace {
 
 constexpr std::string_view kLayerPrefix = "model.layers.";
 constexpr const char* kEmbeddingName = "model.embed_tokens.weight";
-
-// The layer index of a canonical tensor name "model.layers.N....", or -1.
-std::int64_t layer_index_of(std::string_view canonical) {
-  if (!canonical.starts_with(kLayerPrefix)) {
-    return -1;
-  }
-  const std::string_view rest = canonical.substr(kLayerPrefix.size());
-  std::int64_t index = -1;
-  const auto [end, error] = std::from_chars(rest.data(), rest.data() + rest.size(), index);
-  if (error != std::errc() || end == rest.data() || end == rest.data() + rest.size() ||
-      *end != '.') {
-    return -1;
-  }
-  return index;
-}
 
 }  // namespace
 
@@ -59,7 +43,7 @@ Qwen25VlLayerSource::Qwen25VlLayerSource(std::shared_ptr<const SafetensorsCheckp
       embedding_file_name_ = file_name;
       continue;
     }
-    const std::int64_t index = layer_index_of(*canonical);
+    const std::int64_t index = numbered_module_index(*canonical, kLayerPrefix);
     if (index < 0 || index >= config_.text.num_hidden_layers) {
       continue;
     }

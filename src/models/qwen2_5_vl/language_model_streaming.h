@@ -59,7 +59,7 @@ class Qwen25VlLayerSource {
   // Loads the final norm "model.norm.weight" like load_layer.
   Tensor load_norm();
   // Starts reading layer `index`'s bytes into the page cache; does nothing in a dry run or for
-  // an index outside the layers. Never throws: a failed hint only costs speed.
+  // an index outside the layers. It is noexcept because a failed hint only costs speed.
   void read_ahead(std::int64_t index) const noexcept;
   // Token embeddings as Qwen25VlLanguageModel::embed returns them, with each table row read
   // from the checkpoint and converted to the weight dtype first, as a resident load converts

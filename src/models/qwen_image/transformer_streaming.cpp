@@ -1,7 +1,6 @@
 #include "models/qwen_image/transformer_streaming.h"
 
 #include <algorithm>
-#include <charconv>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -17,21 +16,6 @@ namespace ethereal {
 namespace {
 
 constexpr std::string_view kBlockPrefix = "transformer_blocks.";
-
-// The block index of a canonical tensor name "transformer_blocks.N....", or -1.
-std::int64_t block_index_of(std::string_view canonical) {
-  if (canonical.substr(0, kBlockPrefix.size()) != kBlockPrefix) {
-    return -1;
-  }
-  const std::string_view rest = canonical.substr(kBlockPrefix.size());
-  std::int64_t index = -1;
-  const auto [end, error] = std::from_chars(rest.data(), rest.data() + rest.size(), index);
-  if (error != std::errc() || end == rest.data() || end == rest.data() + rest.size() ||
-      *end != '.') {
-    return -1;
-  }
-  return index;
-}
 
 std::size_t linear_bytes(const LinearLayer& layer) {
   return layer.empty() ? 0 : layer.nbytes();
@@ -62,7 +46,7 @@ std::vector<std::vector<ShardRange>> transformer_block_ranges(
     if (!canonical) {
       continue;
     }
-    const std::int64_t index = block_index_of(*canonical);
+    const std::int64_t index = numbered_module_index(*canonical, kBlockPrefix);
     if (index < 0 || index >= blocks) {
       continue;
     }
